@@ -1,0 +1,56 @@
+"""PyTorch inference backend (CPU or CUDA; fp32, or fp16/bf16 autocast on CUDA)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..model import load_model, preprocess, resolve_device, variant_dims
+from . import Encoder, ModelConfig, file_fingerprint, l2_normalize
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchEncoder(Encoder):
+    backend = "torch"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        try:
+            self._device = resolve_device(cfg.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"parameter 'device': {exc}") from exc
+        if cfg.precision != "fp32" and self._device.type != "cuda":
+            raise ConfigError(f"parameter 'precision': {cfg.precision} needs a CUDA device, running on {self._device}")
+        m, l, g = variant_dims(cfg.descriptor)
+        self.model = load_model(
+            cfg.weights or None, cfg.backbone, m, l, g, self._device, num_trainable_blocks=0
+        )
+        self.precision = cfg.precision
+        self.input_size = (cfg.image_size, cfg.image_size)
+        self.dim = self.model.output_dim
+        self.device = str(self._device)
+        self.model_name = f"{self.model.variant}@{cfg.image_size}/{file_fingerprint(cfg.weights)}"
+
+    def _autocast(self) -> torch.autocast:
+        dtype = _AUTOCAST.get(self.precision)
+        return torch.autocast(self._device.type, dtype=dtype, enabled=dtype is not None)
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[np.ndarray], color: str = "rgb") -> np.ndarray:
+        x = preprocess(images, self.input_size, color, self._device)
+        with self._autocast():
+            out = self.model(x)
+        return l2_normalize(out.float().cpu().numpy())
+
+    @torch.inference_mode()
+    def heatmap(self, image: np.ndarray, color: str = "rgb") -> np.ndarray:
+        x = preprocess(image, self.input_size, color, self._device)
+        with self._autocast():
+            _, weights, (rows, cols) = self.model.patch_assignments(x)
+        return weights.float().sum(0).reshape(rows, cols).cpu().numpy()

@@ -1,0 +1,1 @@
+"""Input/output without ROS: image message decoding and rosbag reading."""
