@@ -61,6 +61,11 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def nested(cls: type) -> Any:
+    """A nested config whose parameters are prefixed with the field name (``detector.min_score``)."""
+    return dataclasses.field(default_factory=cls)
+
+
 def inline(cls: type) -> Any:
     """A nested config whose parameters keep their own names (no ``name.`` prefix)."""
     return dataclasses.field(default_factory=cls, metadata={"inline": True})
