@@ -64,8 +64,11 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, data: Any, is_
     img = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
     if itemsize > 1:
         img = cv2.convertScaleAbs(img.astype(np.uint16), alpha=255.0 / 65535.0)
-    img = np.ascontiguousarray(img)
-    return cv2.cvtColor(img, conversion) if conversion is not None else img
+    if conversion is None:
+        # rgb8 needs no conversion: copy anyway, so the result is writable and does not alias
+        # (or keep alive) the message's buffer
+        return np.array(img, dtype=np.uint8, order="C", copy=True)
+    return cv2.cvtColor(np.ascontiguousarray(img), conversion)
 
 
 def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
