@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +99,58 @@ def create_encoder(cfg: ModelConfig) -> Encoder:
         from .torch_backend import TorchEncoder
 
         return TorchEncoder(cfg)
-    raise ConfigError(f"parameter 'backend': '{cfg.backend}' is not available in this build")
+    if cfg.backend == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeEncoder
+
+        return OnnxRuntimeEncoder(cfg)
+    if cfg.backend == "tensorrt":
+        from .tensorrt_backend import TensorRTEncoder
+
+        return TensorRTEncoder(cfg)
+    raise ConfigError(f"parameter 'backend': '{cfg.backend}' is not one of torch, onnxruntime, tensorrt")
+
+
+#: Metadata every exported model carries (ONNX ``metadata_props``, TensorRT engine sidecar JSON).
+EXPORT_METADATA_KEYS = (
+    "model_name", "variant", "backbone", "descriptor", "image_size", "descriptor_dim", "precision",
+    "weights_fingerprint",
+)
+
+
+def check_export_metadata(meta: Mapping[str, str], cfg: ModelConfig, source: str | Path) -> None:
+    """Refuse an exported model (``source``) whose metadata disagrees with ``cfg``.
+
+    The input size, backbone and descriptor variant are baked into an exported graph, so a
+    mismatch cannot be fixed at run time; the message says which parameter to change or how to
+    re-export. When ``cfg.weights`` is set, its fingerprint must match the exported weights.
+    """
+    missing = [k for k in EXPORT_METADATA_KEYS if k not in meta]
+    if missing:
+        raise ConfigError(
+            f"parameter 'engine': {source} carries no salad_ros metadata (missing {', '.join(missing)}); "
+            "export it with 'python -m export.onnx' (and 'python -m export.tensorrt' for an engine)"
+        )
+    exported = {"image_size": meta["image_size"], "backbone": meta["backbone"], "descriptor": meta["descriptor"]}
+    for name, value in exported.items():
+        wanted = str(getattr(cfg, name))
+        if value != wanted:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"parameter '{name}': configured {wanted} but {source} was exported with {name} {value}; "
+                f"set {name}: {value} or re-export with {flag} {wanted}"
+            )
+    if meta["precision"] != cfg.precision:
+        raise ConfigError(
+            f"parameter 'precision': configured {cfg.precision} but {source} computes in {meta['precision']}; "
+            f"set precision: {meta['precision']} or export a {cfg.precision} model"
+        )
+    if cfg.weights and Path(cfg.weights).is_file():
+        fingerprint = file_fingerprint(cfg.weights)
+        if fingerprint != meta["weights_fingerprint"]:
+            raise ConfigError(
+                f"parameter 'weights': {cfg.weights} (fingerprint {fingerprint}) is not the checkpoint {source} "
+                f"was exported from (fingerprint {meta['weights_fingerprint']}); re-export or clear 'weights'"
+            )
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
