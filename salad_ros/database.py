@@ -114,9 +114,12 @@ def rotation_angle(a: Pose, b: Pose) -> float:
     na, nb = np.linalg.norm(qa), np.linalg.norm(qb)
     if na == 0 or nb == 0:
         raise ValueError("a pose has a zero quaternion")
-    # |q_a . q_b| = cos(theta / 2); abs() because q and -q are the same rotation
-    c = min(1.0, abs(float(qa @ qb)) / (na * nb))
-    return 2.0 * math.acos(c)
+    qa, qb = qa / na, qb / nb
+    # relative rotation conj(qa) * qb: w = qa.qb, vector part as below; atan2 stays accurate
+    # for small angles where acos(w) would not. abs(w) because q and -q are the same rotation.
+    w = float(qa @ qb)
+    v = qa[3] * qb[:3] - qb[3] * qa[:3] - np.cross(qa[:3], qb[:3])
+    return 2.0 * math.atan2(float(np.linalg.norm(v)), abs(w))
 
 
 def _pose_row(pose: Any) -> np.ndarray:

@@ -1,0 +1,216 @@
+"""Geometric verification of loop candidates and the bounded thumbnail store it needs.
+
+A descriptor match only says two images *look* alike. Verification checks that they show the
+same 3-D scene: local features (ORB by default, SIFT where OpenCV has it) are matched with
+Lowe's ratio test, and a fundamental matrix is fitted with RANSAC. The candidate passes when
+enough matches are RANSAC inliers, both in number and as a fraction of the tentative matches.
+
+Thumbnails are kept grey, downscaled to ``max_side`` and JPEG-encoded (quality 90), so a
+320-pixel thumbnail costs ~15-30 kB instead of ~75 kB raw. The store is bounded by count and
+by bytes and evicts the oldest keyframes first. This module imports no rclpy.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Local feature types :class:`GeometricVerifier` understands.
+FEATURES = ("orb", "sift")
+
+#: JPEG quality of stored thumbnails: high enough that ORB/SIFT keypoints barely move.
+THUMBNAIL_JPEG_QUALITY = 90
+
+# The 7/8-point fundamental-matrix estimators need at least 8 correspondences.
+_MIN_MATCHES_FOR_F = 8
+
+
+def sift_available() -> bool:
+    """True when this OpenCV build provides SIFT (``cv2.SIFT_create``)."""
+    return hasattr(cv2, "SIFT_create")
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """An 8-bit grey view of ``image`` (HxW, HxWx1, RGB HxWx3 or RGBA HxWx4, uint8)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2GRAY)
+    raise ValueError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {img.shape}")
+
+
+def make_thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Grey copy of ``image`` whose longer side is at most ``max_side`` pixels."""
+    gray = to_gray(image)
+    h, w = gray.shape
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return gray.copy()
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # INTER_AREA: no aliasing
+
+
+@dataclass(frozen=True)
+class Features:
+    """Keypoint positions (N x 2, float32 pixels) and their descriptors (N x B, or None)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray | None
+    kind: str
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """Outcome of verifying one image pair."""
+
+    accepted: bool
+    inliers: int  #: RANSAC inliers of the fundamental matrix
+    inlier_ratio: float  #: inliers / tentative matches (0 when there are none)
+    tentative: int  #: matches that passed the ratio test
+    reason: str  #: short human-readable explanation
+
+
+class GeometricVerifier:
+    """Ratio-test feature matching plus fundamental-matrix RANSAC; deterministic."""
+
+    def __init__(
+        self,
+        feature: str = "orb",
+        max_features: int = 1000,
+        ratio: float = 0.8,
+        ransac_px: float = 2.0,
+        min_inliers: int = 20,
+        min_inlier_ratio: float = 0.25,
+        confidence: float = 0.999,
+    ) -> None:
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        if feature == "sift" and not sift_available():
+            raise ValueError("feature 'sift' requested but this OpenCV build has no SIFT")
+        self.feature = feature
+        self.ratio = float(ratio)
+        self.ransac_px = float(ransac_px)
+        self.min_inliers = int(min_inliers)
+        self.min_inlier_ratio = float(min_inlier_ratio)
+        self.confidence = float(confidence)
+        if feature == "orb":
+            self._detector = cv2.ORB_create(nfeatures=int(max_features))
+            self._norm = cv2.NORM_HAMMING
+        else:
+            self._detector = cv2.SIFT_create(nfeatures=int(max_features))
+            self._norm = cv2.NORM_L2
+        self._matcher = cv2.BFMatcher(self._norm, crossCheck=False)
+
+    def features(self, image: np.ndarray) -> Features:
+        """Detect and describe keypoints of an image (grey or RGB uint8)."""
+        keypoints, desc = self._detector.detectAndCompute(to_gray(image), None)
+        pts = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+        return Features(points=pts, descriptors=desc, kind=self.feature)
+
+    def match(self, a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio-test matches as two aligned (M x 2) point arrays."""
+        if a.descriptors is None or b.descriptors is None or len(a) < 2 or len(b) < 2:
+            return np.empty((0, 2), np.float32), np.empty((0, 2), np.float32)
+        pairs = self._matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
+        ia = np.array([m.queryIdx for m in good], dtype=np.int64)
+        ib = np.array([m.trainIdx for m in good], dtype=np.int64)
+        return a.points[ia].reshape(-1, 2), b.points[ib].reshape(-1, 2)
+
+    def verify(self, a: np.ndarray | Features, b: np.ndarray | Features) -> VerificationResult:
+        """Verify an image pair (images or precomputed :class:`Features`)."""
+        fa = a if isinstance(a, Features) else self.features(a)
+        fb = b if isinstance(b, Features) else self.features(b)
+        if fa.kind != self.feature or fb.kind != self.feature:
+            raise ValueError("features were computed with another feature type")
+        pa, pb = self.match(fa, fb)
+        n = len(pa)
+        if n < max(_MIN_MATCHES_FOR_F, self.min_inliers):
+            return VerificationResult(False, 0, 0.0, n, f"only {n} tentative matches")
+        _, mask = cv2.findFundamentalMat(pa, pb, cv2.FM_RANSAC, self.ransac_px, self.confidence)
+        inliers = 0 if mask is None else int(mask.ravel().astype(bool).sum())
+        ratio = inliers / n
+        if inliers < self.min_inliers:
+            return VerificationResult(False, inliers, ratio, n, f"{inliers} inliers < {self.min_inliers}")
+        if ratio < self.min_inlier_ratio:
+            return VerificationResult(False, inliers, ratio, n, f"inlier ratio {ratio:.2f} < {self.min_inlier_ratio:.2f}")
+        return VerificationResult(True, inliers, ratio, n, f"{inliers}/{n} inliers")
+
+
+class ThumbnailStore:
+    """Bounded id -> grey thumbnail store (JPEG in memory), evicting the oldest first.
+
+    Oldest-first eviction loses the earliest places first; size ``max_bytes`` for the map
+    length you need (see :meth:`nbytes` for the actual use).
+    """
+
+    def __init__(self, max_count: int, max_bytes: int, max_side: int = 320,
+                 quality: int = THUMBNAIL_JPEG_QUALITY) -> None:
+        if max_count < 1 or max_bytes < 1 or max_side < 8:
+            raise ValueError("ThumbnailStore needs max_count >= 1, max_bytes >= 1 and max_side >= 8")
+        self.max_count = int(max_count)
+        self.max_bytes = int(max_bytes)
+        self.max_side = int(max_side)
+        self.quality = int(quality)
+        self._items: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self.evicted = 0  #: thumbnails dropped so far to stay within the bounds
+
+    def put(self, key: int, image: np.ndarray) -> None:
+        """Store a thumbnail of ``image`` under ``key`` (replacing any previous one)."""
+        thumb = make_thumbnail(image, self.max_side)
+        ok, buf = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise ValueError("could not JPEG-encode the thumbnail")
+        data = buf.tobytes()
+        self.discard(key)
+        self._items[key] = data
+        self._bytes += len(data)
+        while len(self._items) > self.max_count or (self._bytes > self.max_bytes and len(self._items) > 1):
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+            self.evicted += 1
+        if self._bytes > self.max_bytes:  # a single thumbnail larger than the whole budget
+            self.discard(key)
+            self.evicted += 1
+
+    def get(self, key: int) -> np.ndarray | None:
+        """The grey thumbnail stored under ``key``, or None when absent or evicted."""
+        data = self._items.get(key)
+        if data is None:
+            return None
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+    def discard(self, key: int) -> None:
+        """Remove ``key`` if present."""
+        data = self._items.pop(key, None)
+        if data is not None:
+            self._bytes -= len(data)
+
+    def clear(self) -> None:
+        """Drop every thumbnail."""
+        self._items.clear()
+        self._bytes = 0
+
+    def nbytes(self) -> int:
+        """Bytes of encoded thumbnail data held."""
+        return self._bytes
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
