@@ -21,14 +21,14 @@ _NUMPY_TYPES = {INT8: "i1", UINT8: "u1", INT16: "i2", UINT16: "u2", INT32: "i4",
 
 #: ``~/loop_candidates``: one row per candidate of one query image (header = the query's header).
 CANDIDATE_COLUMNS: tuple[tuple[str, int], ...] = (
-    ("query_id", UINT32),  # keyframe id the query got, or the id it would have had if not a keyframe
+    ("query_id", UINT32),  # keyframe id of the query image (only keyframes are matched)
     ("match_id", UINT32),  # matched keyframe id (see ~/keyframes)
     ("match_stamp_sec", INT32),  # matched keyframe's image stamp
     ("match_stamp_nanosec", UINT32),
     ("score", FLOAT32),  # cosine similarity of the SALAD descriptors, higher is better
     ("rank", UINT32),  # 0 = best candidate of this query
     ("inliers", UINT32),  # geometric verification inliers (0 when not checked)
-    ("verified", UINT8),  # see VERIFIED_*
+    ("verified", UINT8),  # 1 = passed geometric verification, 0 = not checked (verification off)
 )
 #: ``~/keyframes``: one row per new keyframe.
 KEYFRAME_COLUMNS: tuple[tuple[str, int], ...] = (
@@ -36,8 +36,6 @@ KEYFRAME_COLUMNS: tuple[tuple[str, int], ...] = (
     ("stamp_sec", INT32),
     ("stamp_nanosec", UINT32),
 )
-# Values of the ``verified`` column. Nonzero means "the candidate stands".
-VERIFIED_REJECTED, VERIFIED_PASSED, VERIFIED_NOT_CHECKED = 0, 1, 2
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""Launch the DINOv2 SALAD loop-closure node.
+
+    ros2 launch salad_ros loop_closure.launch.py image_topic:=/camera/image_raw weights:=/path/dino_salad.ckpt
+
+Arguments: image_topic, params_file, weights, namespace, use_sim_time (``ros2 launch ... --show-args``).
+With ``image_transport: compressed`` in the params file the node reads ``<image_topic>/compressed``.
+"""
+
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+# config/ sits next to launch/ both in the source tree and in share/salad_ros after colcon build,
+# so the default needs no ament index lookup (and works from a plain pip install too).
+DEFAULT_PARAMS = str(Path(__file__).resolve().parent.parent / "config" / "salad_ros.yaml")
+
+ARGUMENTS = (
+    ("image_topic", "image", "Camera topic (sensor_msgs/Image; '<topic>/compressed' with compressed transport)"),
+    ("params_file", DEFAULT_PARAMS, "Parameters file (ROS 2 YAML, node name salad_loop_closure)"),
+    ("weights", "", "SALAD checkpoint; overrides 'weights' in params_file when not empty"),
+    ("namespace", "", "Namespace for the node and its topics"),
+    ("use_sim_time", "false", "Use /clock (bag replay)"),
+)
+
+
+def _node(context, *_args, **_kwargs):
+    """Build the node once the arguments are known (weights is only set when given)."""
+    arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    overrides = {"use_sim_time": arg["use_sim_time"].strip().lower() in ("true", "1", "yes")}
+    if arg["weights"]:
+        overrides["weights"] = arg["weights"]
+    topic = arg["image_topic"]
+    return [
+        Node(
+            package="salad_ros",
+            executable="loop_closure_node",
+            name="salad_loop_closure",
+            namespace=arg["namespace"],
+            parameters=[arg["params_file"], overrides],
+            remappings=[("image", topic), ("image/compressed", topic.rstrip("/") + "/compressed")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
+        + [OpaqueFunction(function=_node)]
+    )

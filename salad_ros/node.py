@@ -1,0 +1,676 @@
+"""ROS 2 loop-closure node: a thin rclpy layer over :class:`salad_ros.pipeline.LoopClosurePipeline`.
+
+Threading: the executor thread only decodes incoming images and hands the newest one to a
+one-slot mailbox ("latest wins"); a worker thread runs the model, the detector and publishing.
+A frame replaced in the mailbox before the worker took it is counted as dropped, so memory
+stays bounded however fast the camera is. Services (save/reset) and the diagnostics timer run
+on the executor; a lock keeps them from touching the database while the worker uses it.
+
+Outputs (see README, "The loop-closure node"): ``~/loop_candidates`` and ``~/keyframes`` as
+PointCloud2 tables (:mod:`salad_ros.io.table`), ``~/debug_image`` (computed only while someone
+subscribes) and ``/diagnostics``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from . import debug_image
+from .backends import Encoder, create_encoder
+from .config import DEFAULT_NODE_NAME, ConfigError, ParamSpec, check_value, from_flat_dict, iter_specs
+from .io.images import ERROR_KINDS, ImageDecodeError, msg_to_rgb, rgb_to_raw
+from .io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
+from .io.table import (
+    CANDIDATE_COLUMNS,
+    KEYFRAME_COLUMNS,
+    make_rows,
+    pack,
+)
+from .settings import SaladConfig
+
+# Parameters every rclpy node may receive that are not ours (not refused as unknown).
+_ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+# Colour JPEG thumbnails of keyframes for the debug view's match panel (count-bounded).
+_THUMBNAIL_COUNT = 1024
+_THUMBNAIL_SIDE = 160
+# Window of recent frames for the latency statistics in /diagnostics.
+_LATENCY_WINDOW = 200
+# Seconds between repeated warnings of one bad-input kind.
+_BAD_INPUT_LOG_PERIOD = 10.0
+# Poses kept for stamp lookup (odometry at 100 Hz covers 2.5 s).
+_POSE_HISTORY = 256
+# Shutdown budget: the worker finishes its current frame (one inference) within this.
+_WORKER_JOIN_TIMEOUT = 3.0
+
+# Sensor-data QoS with depth 1: only the newest image matters ("latest wins" end to end).
+IMAGE_QOS_BEST_EFFORT = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE,
+)
+IMAGE_QOS_RELIABLE = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+)
+# Best effort subscribers match both reliable and best-effort pose publishers.
+POSE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+# A back end must not miss candidates or keyframe ids: reliable, with some slack.
+TABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message is one line naming the cause (usually a parameter)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+def _ros_type(spec: ParamSpec) -> int:
+    """ParameterType constant of a spec (arrays typed by their default's elements)."""
+    if spec.type is bool:
+        return ParameterType.PARAMETER_BOOL
+    if spec.type is int:
+        return ParameterType.PARAMETER_INTEGER
+    if spec.type is float:
+        return ParameterType.PARAMETER_DOUBLE
+    if spec.type is str:
+        return ParameterType.PARAMETER_STRING
+    elem = _list_element_type(spec)
+    return {
+        bool: ParameterType.PARAMETER_BOOL_ARRAY, int: ParameterType.PARAMETER_INTEGER_ARRAY,
+        float: ParameterType.PARAMETER_DOUBLE_ARRAY, str: ParameterType.PARAMETER_STRING_ARRAY,
+    }[elem]
+
+
+def _list_element_type(spec: ParamSpec) -> type:
+    default = list(spec.default)
+    return type(default[0]) if default else str
+
+
+def _ros_value(spec: ParamSpec, value: Any) -> Any:
+    """``value`` (already checked) in the exact Python type rclpy wants for the declared type."""
+    if spec.type is list:
+        elem = _list_element_type(spec)
+        return [elem(v) for v in value]
+    return value
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """ROS descriptor of a config spec: type, description, range, choices; read-only because
+    the pipeline is built once from the values at start-up."""
+    desc = spec.description
+    if spec.choices:
+        desc += f" (one of: {', '.join(spec.choices)})"
+    d = ParameterDescriptor(description=desc, type=_ros_type(spec), read_only=True)
+    if spec.choices:
+        d.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.range is not None and spec.type is float:
+        lo, hi = (max(min(float(v), sys.float_info.max), -sys.float_info.max) for v in spec.range)
+        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    elif spec.range is not None and spec.type is int:
+        lo, hi = (int(max(min(v, 2**63 - 1), -(2**63))) for v in spec.range)
+        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
+    return d
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Frame hand-over and statistics
+
+
+@dataclass
+class _Frame:
+    rgb: np.ndarray
+    header: Header
+    stamp_ns: int
+    received: float  # time.monotonic() at the callback
+
+
+class LatestFrameSlot:
+    """One-slot hand-over from the executor to the worker: a new frame replaces an untaken one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; True when it replaced a frame the worker never took (a drop)."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest frame, waiting for one; None once closed (or on timeout)."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> bool:
+        with self._cond:
+            had, self._item = self._item is not None, None
+            return had
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class NodeStats:
+    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    failed: int = 0
+    bad: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
+    keyframes_published: int = 0
+    candidate_messages: int = 0
+    candidates: int = 0
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_LATENCY_WINDOW))
+
+    def snapshot(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["latencies"] = list(self.latencies)
+        return d
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The node
+
+
+class LoopClosureNode(Node):
+    """Subscribes to a camera, publishes loop-closure candidates (see the module docstring).
+
+    ``encoder`` lets tests and benchmarks share one already-built model between nodes; it must
+    match the node's model parameters. Other keyword arguments go to :class:`rclpy.node.Node`
+    (``context``, ``cli_args``, ``parameter_overrides``, ``namespace``).
+    Raises :class:`StartupError` (node already destroyed) when it cannot start.
+    """
+
+    def __init__(self, node_name: str = DEFAULT_NODE_NAME, *, encoder: Encoder | None = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            self.cfg = self._declare_parameters()
+            self._build_pipeline(encoder)
+        except BaseException:
+            self.destroy_node()
+            raise
+        self._pipeline_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats = NodeStats()
+        self._slot = LatestFrameSlot()
+        self._bad_logged: dict[str, float] = {}
+        self._poses: collections.deque = collections.deque(maxlen=_POSE_HISTORY)
+        self._poses_lock = threading.Lock()
+        self._thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._db_size = len(self.pipeline.database)
+        self._db_memory = self.pipeline.database.memory_bytes()
+        self._last_diag = (time.monotonic(), 0, 0)
+        self._closed = False
+        self._worker_alive = True
+
+        node_cfg = self.cfg.node
+        qos = IMAGE_QOS_RELIABLE if node_cfg.reliable_qos else IMAGE_QOS_BEST_EFFORT
+        if node_cfg.image_transport == "compressed":
+            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
+        if node_cfg.pose_source == "odometry":
+            self._pose_sub = self.create_subscription(Odometry, "odom", self._on_pose, POSE_QOS)
+        elif node_cfg.pose_source == "pose":
+            self._pose_sub = self.create_subscription(PoseStamped, "pose", self._on_pose, POSE_QOS)
+
+        self._candidates_pub = self.create_publisher(PointCloud2, "~/loop_candidates", TABLE_QOS)
+        self._keyframes_pub = self.create_publisher(PointCloud2, "~/keyframes", TABLE_QOS)
+        # reliable: matches best-effort and reliable viewers (rviz, rqt_image_view) alike
+        self._debug_pub = self.create_publisher(Image, "~/debug_image", IMAGE_QOS_RELIABLE)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._save_srv = self.create_service(Trigger, "~/save_database", self._on_save)
+        self._reset_srv = self.create_service(Trigger, "~/reset_database", self._on_reset)
+        self._diag_timer = self.create_timer(node_cfg.diagnostics_period, self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: {self.pipeline.encoder.describe()}; subscribed to "
+            f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
+            f"{'reliable' if node_cfg.reliable_qos else 'best effort'}); database "
+            f"{len(self.pipeline.database)} keyframes"
+            + (f" from {node_cfg.database_path}" if len(self.pipeline.database) else "")
+        )
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> SaladConfig:
+        """Declare every config parameter with its descriptor and build the config from them.
+
+        Values from the command line / params file are checked with the config's own checker
+        first, so the error names the parameter exactly as offline tools do and an integer given
+        for a float parameter is accepted (rclpy alone would refuse it with a type error).
+        """
+        specs = iter_specs(SaladConfig)
+        known = {s.name for s in specs}
+        # rclpy keeps the overrides (params files, -p, parameter_overrides) in this attribute.
+        overrides: dict[str, Any] = {n: p.value for n, p in getattr(self, "_parameter_overrides", {}).items()}
+        unknown = sorted(n for n in overrides
+                         if n not in known and n not in _ROS_OWN_PARAMETERS and not n.startswith("qos_overrides."))
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise StartupError(f"unknown parameter '{unknown[0]}'{more}")
+        values: dict[str, Any] = {}
+        try:
+            for spec in specs:
+                value = check_value(spec, overrides[spec.name]) if spec.name in overrides else spec.default
+                try:
+                    self.declare_parameter(spec.name, _ros_value(spec, value), parameter_descriptor(spec),
+                                           ignore_override=True)
+                except (ParameterException, TypeError, ValueError) as exc:
+                    raise ConfigError(f"parameter '{spec.name}': {_one_line(exc)}") from exc
+                values[spec.name] = self.get_parameter(spec.name).value
+            return from_flat_dict(SaladConfig, values)
+        except ConfigError as exc:
+            raise StartupError(_one_line(exc)) from exc
+
+    def _build_pipeline(self, encoder: Encoder | None) -> None:
+        from .pipeline import LoopClosurePipeline  # after the config is valid: imports torch
+
+        model = self.cfg.model
+        self.random_weights = False
+        if model.backend == "torch":
+            if model.weights and not model.weights.startswith("hub") and not Path(model.weights).is_file():
+                if not model.allow_random_weights:
+                    raise StartupError(f"parameter 'weights': file not found: {model.weights}")
+                self.get_logger().warning(f"parameter 'weights': file not found: {model.weights}")
+                model = dataclasses.replace(model, weights="")
+                self.cfg = dataclasses.replace(self.cfg, model=model)
+            self.random_weights = not model.weights
+        if self.random_weights:
+            for line in ("*" * 72,
+                         "RANDOM WEIGHTS: 'weights' is empty and allow_random_weights is true.",
+                         "Descriptors are meaningless; loop candidates are NOT real. Development only.",
+                         "*" * 72):
+                self.get_logger().warning(line)
+        if encoder is None:
+            try:
+                encoder = create_encoder(model)
+            except ConfigError as exc:
+                raise StartupError(_one_line(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - checkpoint/engine problems: one clear line
+                what = "weights" if model.backend == "torch" else "engine"
+                raise StartupError(f"parameter '{what}': {_one_line(exc)}") from exc
+        try:
+            self.pipeline = LoopClosurePipeline(self.cfg, encoder=encoder)
+        except ConfigError as exc:
+            raise StartupError(_one_line(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a database saved by another model
+            raise StartupError(f"parameter 'database_path': {_one_line(exc)}") from exc
+
+    # -- input (executor thread) -------------------------------------------------------------
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Decode and hand over the newest frame; bad frames are counted and skipped."""
+        with self._stats_lock:
+            self.stats.received += 1
+        try:
+            rgb = msg_to_rgb(msg)
+        except ImageDecodeError as exc:
+            self._count_bad(exc.kind, str(exc))
+            return
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if stamp_ns == 0:  # unstamped driver: time-based exclusion needs some time
+            stamp_ns = self.get_clock().now().nanoseconds
+        if self._slot.put(_Frame(rgb, msg.header, stamp_ns, time.monotonic())):
+            with self._stats_lock:
+                self.stats.dropped += 1
+
+    def _count_bad(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._stats_lock:
+            self.stats.bad[kind] = self.stats.bad.get(kind, 0) + 1
+            count = self.stats.bad[kind]
+            last = self._bad_logged.get(kind)
+            if last is not None and now - last < _BAD_INPUT_LOG_PERIOD:
+                return
+            self._bad_logged[kind] = now
+        self.get_logger().warning(f"skipping bad image ({kind}, {count} so far): {message}")
+
+    def _on_pose(self, msg: Odometry | PoseStamped) -> None:
+        with self._poses_lock:
+            self._poses.append((stamp_to_ns(msg.header.stamp), pose_from_msg(msg)))
+
+    def _pose_at(self, stamp_ns: int) -> Any:
+        """The pose nearest to ``stamp_ns`` within ``pose_tolerance``, else None."""
+        with self._poses_lock:
+            if not self._poses:
+                return None
+            t, pose = min(self._poses, key=lambda tp: abs(tp[0] - stamp_ns))
+        return pose if abs(t - stamp_ns) <= self.cfg.node.pose_tolerance * 1e9 else None
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        while True:
+            frame = self._slot.take()
+            if frame is None:
+                return
+            try:
+                self._process(frame)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+                with self._stats_lock:
+                    self.stats.failed += 1
+                if self.context.ok():
+                    self.get_logger().error(f"processing a frame failed: {type(exc).__name__}: {_one_line(exc)}",
+                                            throttle_duration_sec=10.0)
+
+    def _process(self, frame: _Frame) -> None:
+        pose = self._pose_at(frame.stamp_ns) if self.cfg.node.pose_source != "none" else None
+        with self._pipeline_lock:
+            t0 = time.perf_counter()
+            result = self.pipeline.process(frame.rgb, frame.stamp_ns, pose=pose, frame_id=frame.header.frame_id)
+            latency = time.perf_counter() - t0
+            database = self.pipeline.database
+            if result.is_keyframe and result.keyframe_id is not None:
+                self._store_thumbnail(result.keyframe_id, frame.rgb)
+            self._db_size = len(database)
+        with self._stats_lock:
+            self.stats.processed += 1
+            self.stats.latencies.append(latency)
+        if not self.context.ok():
+            return
+        if result.is_keyframe and result.keyframe_id is not None:
+            self._publish_keyframe(frame, result.keyframe_id)
+        if result.candidates:
+            self._publish_candidates(frame, result.candidates)
+        if self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug(frame, result)
+        # memory_bytes may walk the index: refresh it off the latency-critical path
+        with self._pipeline_lock:
+            self._db_memory = self.pipeline.database.memory_bytes()
+
+    def _publish_keyframe(self, frame: _Frame, keyframe_id: int) -> None:
+        sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
+        rows = make_rows(KEYFRAME_COLUMNS, [{"keyframe_id": keyframe_id, "stamp_sec": sec, "stamp_nanosec": nanosec}])
+        self._keyframes_pub.publish(self._table_msg(frame.header, KEYFRAME_COLUMNS, rows))
+        with self._stats_lock:
+            self.stats.keyframes_published += 1
+
+    def _publish_candidates(self, frame: _Frame, candidates: list) -> None:
+        records = []
+        for c in candidates:
+            sec, nanosec = ns_to_sec_nanosec(c.match_stamp_ns)
+            records.append({
+                "query_id": int(c.query_id),
+                "match_id": int(c.match_id), "match_stamp_sec": sec, "match_stamp_nanosec": nanosec,
+                "score": float(c.score), "rank": int(c.rank), "inliers": int(c.inliers or 0),
+                # rejected candidates are not published: verified is True or None (not checked)
+                "verified": 1 if c.verified else 0,
+            })
+        rows = make_rows(CANDIDATE_COLUMNS, records)
+        self._candidates_pub.publish(self._table_msg(frame.header, CANDIDATE_COLUMNS, rows))
+        with self._stats_lock:
+            self.stats.candidate_messages += 1
+            self.stats.candidates += len(records)
+
+    @staticmethod
+    def _table_msg(header: Header, columns: tuple, rows: np.ndarray) -> PointCloud2:
+        fields, step, data = pack(columns, rows)
+        msg = PointCloud2(header=header, height=1, width=len(rows), is_bigendian=False,
+                          point_step=step, row_step=step * len(rows), is_dense=True)
+        msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
+        msg.data = data
+        return msg
+
+    def _store_thumbnail(self, keyframe_id: int, rgb: np.ndarray) -> None:
+        """Colour JPEG thumbnail for the debug view (the detector's verification thumbnails are
+        grey and exist only when verification is on); oldest evicted beyond the bound."""
+        small = debug_image.thumbnail(rgb, _THUMBNAIL_SIDE)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if ok:
+            self._thumbs[keyframe_id] = buf.tobytes()
+            while len(self._thumbs) > _THUMBNAIL_COUNT:
+                self._thumbs.popitem(last=False)
+
+    def _thumbnail(self, keyframe_id: int) -> np.ndarray | None:
+        data = self._thumbs.get(keyframe_id)
+        if data is None:
+            return None
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def _publish_debug(self, frame: _Frame, result: Any) -> None:
+        try:
+            mass = self.pipeline.encoder.heatmap(frame.rgb)  # a second forward pass: only on demand
+        except Exception:  # noqa: BLE001 - a backend without heat maps still gets the side-by-side view
+            mass = None
+        best = min(result.candidates, key=lambda c: c.rank) if result.candidates else None
+        with self._pipeline_lock:
+            match = self._thumbnail(best.match_id) if best is not None else None
+        view = debug_image.compose(
+            frame.rgb, match=match, mass=mass,
+            query_id=result.keyframe_id if result.is_keyframe else None,
+            match_id=best.match_id if best is not None else None,
+            score=float(best.score) if best is not None else None,
+            verified=best.verified if best is not None else None,
+        )
+        h, w, step, data = rgb_to_raw(view, "rgb8")
+        msg = Image(header=frame.header, height=h, width=w, encoding="rgb8", is_bigendian=0, step=step)
+        msg.data = data
+        self._debug_pub.publish(msg)
+
+    # -- services and diagnostics (executor thread) -----------------------------------------
+
+    def _on_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        path = self.cfg.node.database_path
+        if not path:
+            response.success, response.message = False, "parameter 'database_path' is empty: nowhere to save"
+            return response
+        try:
+            with self._pipeline_lock:
+                n = len(self.pipeline.database)
+                self.pipeline.save(path)
+        except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
+            response.success, response.message = False, f"saving to {path} failed: {_one_line(exc)}"
+            self.get_logger().error(response.message)
+            return response
+        response.success, response.message = True, f"saved {n} keyframes to {path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._pipeline_lock:
+            n = len(self.pipeline.database)
+            self.pipeline.reset()
+            self._thumbs.clear()
+            self._db_size = len(self.pipeline.database)
+            self._db_memory = self.pipeline.database.memory_bytes()
+        response.success, response.message = True, f"forgot {n} keyframes (the saved database is untouched)"
+        self.get_logger().info(response.message)
+        return response
+
+    def diagnostics_status(self) -> DiagnosticStatus:
+        """The node's DiagnosticStatus (rates over the time since the previous call)."""
+        now = time.monotonic()
+        with self._stats_lock:
+            s = self.stats.snapshot()
+        t_prev, received_prev, processed_prev = self._last_diag
+        dt = max(now - t_prev, 1e-6)
+        self._last_diag = (now, s["received"], s["processed"])
+        lat = np.asarray(s["latencies"], dtype=np.float64) * 1000.0
+        encoder = self.pipeline.encoder
+        values = {
+            "input_rate_hz": f"{(s['received'] - received_prev) / dt:.2f}",
+            "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
+            "frames_received": s["received"],
+            "frames_processed": s["processed"],
+            "frames_dropped": s["dropped"],
+            "bad_frames": sum(s["bad"].values()),
+            **{f"bad_frames.{k}": v for k, v in s["bad"].items()},
+            "processing_errors": s["failed"],
+            "inference_latency_mean_ms": f"{lat.mean():.1f}" if lat.size else "nan",
+            "inference_latency_p95_ms": f"{np.percentile(lat, 95):.1f}" if lat.size else "nan",
+            "database_size": self._db_size,
+            "database_memory_bytes": self._db_memory,
+            "process_memory_bytes": rss_bytes(),
+            "keyframes_published": s["keyframes_published"],
+            "candidate_messages": s["candidate_messages"],
+            "candidates": s["candidates"],
+            "device": encoder.device,
+            "backend": encoder.backend,
+            "model": encoder.model_name,
+            "precision": self.cfg.model.precision,
+            "random_weights": str(self.random_weights).lower(),
+        }
+        level, message = DiagnosticStatus.OK, f"{values['processed_rate_hz']} Hz processed, {self._db_size} keyframes"
+        if not self._worker.is_alive() and not self._closed:
+            level, message = DiagnosticStatus.ERROR, "worker thread stopped"
+        elif self.random_weights:
+            level, message = DiagnosticStatus.WARN, "random weights: candidates are meaningless; " + message
+        elif s["received"] == received_prev:
+            level, message = DiagnosticStatus.WARN, "no images received"
+        return DiagnosticStatus(
+            level=level, name=f"{self.get_fully_qualified_name()}: loop closure", message=message,
+            hardware_id=encoder.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
+
+    def _publish_diagnostics(self) -> None:
+        msg = DiagnosticArray(status=[self.diagnostics_status()])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker (it finishes its current frame) and save if ``save_on_shutdown``.
+
+        Safe to call more than once and after the context was shut down.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._slot.close()
+        self._worker.join(timeout=_WORKER_JOIN_TIMEOUT)
+        if self._worker.is_alive():
+            self._log("warning", "worker still busy at shutdown; not waiting for it")
+        if self.cfg.node.save_on_shutdown:
+            if not self._pipeline_lock.acquire(timeout=1.0):
+                self._log("error", "database not saved: the worker still holds it")
+                return
+            try:
+                n = len(self.pipeline.database)
+                path = self.pipeline.save()
+                self._log("info", f"saved {n} keyframes to {path}")
+            except Exception as exc:  # noqa: BLE001 - report and still exit
+                self._log("error", f"saving the database failed: {_one_line(exc)}")
+            finally:
+                self._pipeline_lock.release()
+
+    def _log(self, level: str, message: str) -> None:
+        # After the context is gone rclpy's logger cannot reach /rosout and complains: use stderr.
+        if self.context.ok():
+            getattr(self.get_logger(), level)(message)
+        else:
+            print(f"[{level.upper()}] [{self.get_name()}]: {message}", file=sys.stderr, flush=True)
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "_slot"):
+            self.close()
+        super().destroy_node()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+class _ShutdownRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop (so shutdown runs
+    with ROS still up: final logs reach /rosout, the database is saved); before the node exists
+    or on a second signal it interrupts right away."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.armed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.armed or self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``loop_closure_node [--ros-args ...]``: run until SIGINT/SIGTERM; 0 on a clean exit,
+    2 when the configuration is refused."""
+    args = list(sys.argv if argv is None else argv)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = _ShutdownRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node: LoopClosureNode | None = None
+    code = 0
+    try:
+        node = LoopClosureNode()
+        stop.armed = True
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)  # short timeout: signals are handled between spins
+    except StartupError as exc:
+        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()  # stops the worker and saves if configured
+        rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The loop-closure node in-process, with real rclpy (loopback, random domain; see conftest.py).
+
+ViT-S at 224 px with random weights. Random-weight descriptors of different synthetic scenes are
+still similar (cosine 0.70-0.99), so the detector thresholds in ``TEST_DETECTOR`` (0.997) only
+pass exact revisits (re-published images score 1.0): candidates must appear on revisits and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterType
+from rclpy.context import Context
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
+
+from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, compressed_msg, image_msg, \
+    publish_sequence, scene, wait_until
+from salad_ros import debug_image
+from salad_ros.config import iter_specs
+from salad_ros.database import KeyframeDatabase
+from salad_ros.io.messages import ns_to_sec_nanosec
+from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, cloud_to_table, make_rows, pack, unpack
+from salad_ros.node import LoopClosureNode, StartupError, rss_bytes
+from salad_ros.settings import SaladConfig
+
+T0 = 100 * SEC
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """One ViT-S encoder shared by the nodes of this module (building it is the slow part)."""
+    from salad_ros.backends import ModelConfig, create_encoder
+
+    return create_encoder(ModelConfig(**TEST_MODEL))
+
+
+def make_node(ctx: Context, namespace: str, encoder=None, **params) -> LoopClosureNode:
+    values = {**TEST_MODEL, **TEST_DETECTOR, "reliable_qos": True, "diagnostics_period": 0.25, **params}
+    return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder,
+                           parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+
+def call(node, client, timeout: float = 10.0) -> Trigger.Response:
+    assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+    future = client.call_async(Trigger.Request())
+    assert wait_until(future.done, timeout), f"no answer from {client.srv_name}"
+    return future.result()
+
+
+def by_query(collector: Collector) -> dict[int, np.ndarray]:
+    return {q: rows for q, rows in collector.candidate_rows()}
+
+
+# ---------------------------------------------------------------------------------------------
+# ROS-free pieces the node is made of
+
+
+def test_candidate_table_round_trip_through_pointcloud2():
+    rows = make_rows(CANDIDATE_COLUMNS, [
+        {"query_id": 7, "match_id": 2, "match_stamp_sec": 12, "match_stamp_nanosec": 500, "score": 0.75,
+         "rank": 0, "inliers": 33, "verified": 1},
+        {"query_id": 7, "match_id": 4000000000, "match_stamp_sec": -3, "match_stamp_nanosec": 999999999,
+         "score": 0.5, "rank": 1, "inliers": 0, "verified": 0},
+    ])
+    fields, step, data = pack(CANDIDATE_COLUMNS, rows)
+    assert step == 29 and len(data) == 2 * 29  # packed: 7 x 4 bytes + 1
+    assert [(f.name, f.offset, f.datatype) for f in fields][:5:4] == [("query_id", 0, 6), ("score", 16, FLOAT32)]
+    msg = PointCloud2(height=1, width=2, point_step=step, row_step=2 * step, is_dense=True)
+    msg.fields = [__import__("sensor_msgs.msg", fromlist=["PointField"]).PointField(
+        name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
+    msg.data = data
+    out = cloud_to_table(msg)
+    assert out.dtype.names == tuple(n for n, _ in CANDIDATE_COLUMNS)
+    assert out["match_id"].tolist() == [2, 4000000000] and out["match_stamp_sec"].tolist() == [12, -3]
+    assert out["score"].tolist() == [0.75, 0.5] and out["verified"].tolist() == [1, 0]
+    # a big-endian producer is read correctly too
+    be = rows.astype(rows.dtype.newbyteorder(">"))
+    back = unpack(fields, step, be.tobytes(), 2, 1, is_bigendian=True)
+    assert back["match_id"].tolist() == [2, 4000000000]
+    with pytest.raises(ValueError, match="bytes"):
+        unpack(fields, step, data[:-1], 2)
+    kf = make_rows(KEYFRAME_COLUMNS, [{"keyframe_id": 3, "stamp_sec": 5, "stamp_nanosec": 6}])
+    assert pack(KEYFRAME_COLUMNS, kf)[1] == 12
+
+
+def test_debug_view_layout():
+    q, m = scene(0), scene(1)[:120]  # match of a different size and aspect
+    mass = np.zeros((16, 16), np.float32)
+    mass[4:8, 4:8] = 1.0
+    out = debug_image.compose(q, match=m, mass=mass, query_id=5, match_id=1, score=0.93, height=120)
+    assert out.dtype == np.uint8 and out.shape[0] == 120 + 22 and out.shape[2] == 3
+    assert out.shape[1] == 160 + 160 + 320  # 4:3 query twice, 8:3 match
+    heat = out[22:, 160:320].astype(int)
+    # the hot block (rows/cols 4-8 of 16) is redder than a cold corner
+    assert heat[40, 40, 0] - heat[40, 40, 2] > heat[5, 5, 0] - heat[5, 5, 2]
+    blank = debug_image.compose(q, height=60)  # no candidate, no heat map: same layout
+    assert blank.shape[0] == 82 and blank.shape[1] == 80 * 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"image_size": 100}, "parameter 'image_size': 100 is not a multiple of 14"),
+    ({"image_size": 2000}, "parameter 'image_size': 2000 is outside the allowed range [56, 1022]"),
+    ({"image_size": "224"}, "parameter 'image_size': expected an integer, got '224'"),
+    ({"device": "gpu"}, "parameter 'device': 'gpu' is not auto, cpu, cuda or cuda:N"),
+    ({"backbone": "resnet50"}, "parameter 'backbone': 'resnet50' is not one of"),
+    ({"detector.min_score": 1.5}, "parameter 'detector.min_score': 1.5 is outside the allowed range"),
+    ({"detector.min_scor": 0.5}, "unknown parameter 'detector.min_scor'"),
+    ({"allow_random_weights": False}, "parameter 'weights' is empty"),
+    ({"weights": "/nonexistent/salad.ckpt", "allow_random_weights": False},
+     "parameter 'weights': file not found: /nonexistent/salad.ckpt"),
+    ({"save_on_shutdown": True}, "parameter 'save_on_shutdown': true needs a 'database_path'"),
+])
+def test_invalid_parameters_refused_with_one_line(ctx, params, message):
+    with pytest.raises(StartupError) as info:
+        make_node(ctx, "/invalid", **params)
+    text = str(info.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_parameters_declared_with_descriptors(ctx, encoder):
+    # an integer for a float parameter is accepted, as in the YAML loader
+    node = make_node(ctx, "/params", encoder, **{"detector.min_score": 1})
+    try:
+        assert node.get_parameter("detector.min_score").value == 1.0
+        assert node.cfg.detector.min_score == 1.0
+        assert node.get_parameter("backbone").value == "dinov2_vits14"
+        assert node.get_parameter("image_size").value == 224
+        types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                 float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+        for spec in iter_specs(SaladConfig):
+            d = node.describe_parameter(spec.name)
+            assert d.type == types[spec.type], spec.name
+            assert d.read_only and spec.description in d.description
+            if spec.choices:
+                assert all(c in d.description for c in spec.choices)
+            if spec.range and spec.type is float:
+                r = d.floating_point_range[0]
+                assert (r.from_value, r.to_value) == spec.range
+            if spec.range and spec.type is int:
+                r = d.integer_range[0]
+                assert (r.from_value, r.to_value) == spec.range
+        # the pipeline is built once: changing a parameter at runtime is refused
+        assert not node.set_parameters([Parameter("image_size", value=448)])[0].successful
+    finally:
+        node.destroy_node()
+
+
+# ---------------------------------------------------------------------------------------------
+# The main behaviour
+
+
+def test_candidates_exactly_on_revisits(ctx):
+    """Scenes 0-5, then revisits of 0 and 1, a new scene 6, and 0 again (matching the first
+    visit and the first revisit). The node builds its own model here (the real start-up path)."""
+    node = make_node(ctx, "/seq")
+    col = Collector("/seq/salad_loop_closure", context=ctx, image_topic="/seq/image", debug=True)
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node()
+            assert wait_until(lambda: node._debug_pub.get_subscription_count() > 0, 10)
+            scenes = [0, 1, 2, 3, 4, 5, 0, 1, 6, 0]
+            stamps = publish_sequence(col, scenes, t0_ns=T0, period=0.25, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.keyframes) == len(scenes) and len(col.debug_images) == len(scenes), 10)
+            found = by_query(col)
+            assert sorted(found) == [stamps[6], stamps[7], stamps[9]], "candidates only on the revisits"
+
+            def expect(k: int, matches: list[int]) -> None:
+                rows = found[stamps[k]]
+                assert rows["query_id"].tolist() == [k] * len(matches)  # every frame is a keyframe here
+                assert rows["match_id"].tolist() == matches
+                assert rows["rank"].tolist() == list(range(len(matches)))
+                for r, m in zip(rows, matches):
+                    assert (int(r["match_stamp_sec"]), int(r["match_stamp_nanosec"])) == ns_to_sec_nanosec(stamps[m])
+                assert np.all(rows["score"] > 0.999) and np.all(rows["score"] < 1.001)
+                assert rows["verified"].tolist() == [0] * len(matches) and rows["inliers"].tolist() == [0] * len(matches)
+
+            expect(6, [0])
+            expect(7, [1])
+            expect(9, [0, 6])  # equal scores: lower id first
+            kf = np.concatenate(col.keyframes)
+            assert kf["keyframe_id"].tolist() == list(range(len(scenes)))
+            assert [s * SEC + n for s, n in zip(kf["stamp_sec"].tolist(), kf["stamp_nanosec"].tolist())] == stamps
+            dbg = col.debug_images[-1]
+            assert dbg.encoding == "rgb8" and dbg.height == 240 + 22 and dbg.width == 3 * 320
+            assert wait_until(lambda: (col.last_diagnostics() or {}).get("frames_processed") == "10", 5)
+            diag = col.last_diagnostics()
+            assert diag["database_size"] == "10" and diag["candidates"] == "4" and diag["frames_dropped"] == "0"
+            assert diag["device"] == "cpu" and diag["backend"] == "torch" and diag["random_weights"] == "true"
+            assert float(diag["inference_latency_p95_ms"]) >= float(diag["inference_latency_mean_ms"]) * 0.5 > 0
+            assert diag["_level"] == 1  # WARN: random weights
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_save_reset_and_second_session(ctx, encoder, tmp_path):
+    db = tmp_path / "map"
+    node = make_node(ctx, "/ms", encoder, database_path=str(db))
+    col = Collector("/ms/salad_loop_closure", context=ctx, image_topic="/ms/image")
+    save = col.create_client(Trigger, "/ms/salad_loop_closure/save_database")
+    reset = col.create_client(Trigger, "/ms/salad_loop_closure/reset_database")
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node()
+            stamps = publish_sequence(col, [0, 1, 2], t0_ns=T0, period=0.0, processed=lambda: node.stats.processed)
+            res = call(col, save)
+            assert res.success and "saved 3 keyframes" in res.message
+            assert len(KeyframeDatabase.load(db)) == 3
+            res = call(col, reset)
+            assert res.success and len(node.pipeline.database) == 0
+            assert len(KeyframeDatabase.load(db)) == 3  # reset leaves the saved map alone
+    finally:
+        node.destroy_node()
+    # second session: the saved map is loaded, a revisit of scene 0 matches keyframe 0 of session 1
+    node = make_node(ctx, "/ms", encoder, database_path=str(db))
+    try:
+        assert len(node.pipeline.database) == 3
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node()
+            publish_sequence(col, [0], t0_ns=1000 * SEC, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: 1000 * SEC in by_query(col), 5)
+            rows = by_query(col)[1000 * SEC]
+            assert rows["query_id"].tolist() == [3] and rows["match_id"].tolist() == [0]
+            assert int(rows["match_stamp_sec"][0]) * SEC + int(rows["match_stamp_nanosec"][0]) == stamps[0]
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder):
+    raw = make_node(ctx, "/bad", encoder)
+    comp = make_node(ctx, "/badc", encoder, image_transport="compressed")
+    col = Collector("/bad/salad_loop_closure", context=ctx, image_topic="/bad/image")
+    colc = Collector("/badc/salad_loop_closure", context=ctx, image_topic="/badc/image", compressed=True)
+    try:
+        with Spinner(ctx, raw, comp, col, colc):
+            assert col.wait_for_node() and colc.wait_for_node()
+            good = image_msg(scene(0), T0)
+            bad_raw = [
+                Image(encoding="yuv422", height=2, width=2, step=4, data=bytes(8)),  # unsupported_encoding
+                Image(encoding="32FC1", height=2, width=2, step=8, data=bytes(16)),  # unsupported_encoding
+                Image(encoding="rgb8", height=4, width=4, step=12, data=bytes(47)),  # wrong_size
+                Image(encoding="rgb8", height=4, width=4, step=8, data=bytes(32)),  # wrong_size (step < row)
+                Image(encoding="mono16", height=3, width=3, step=6, data=bytes(9)),  # wrong_size
+                Image(encoding="rgb8", height=0, width=0, step=0),  # empty
+            ]
+
+            def feed(c: Collector, node: LoopClosureNode, msg) -> None:
+                # one at a time: the image subscription keeps only the newest message (depth 1)
+                n = node.stats.received
+                c.pub.publish(msg)
+                assert wait_until(lambda: node.stats.received == n + 1, 10)
+
+            for msg in bad_raw + [good]:
+                feed(col, raw, msg)
+            bad_comp = [CompressedImage(format="jpeg"),  # empty
+                        CompressedImage(format="jpeg", data=b"\xff\xd8 not really a jpeg" * 20),  # undecodable
+                        CompressedImage(format="png", data=bytes(range(256)))]  # undecodable
+            for msg in bad_comp + [compressed_msg(scene(0), T0)]:
+                feed(colc, comp, msg)
+            assert wait_until(lambda: raw.stats.processed == 1 and comp.stats.processed == 1, 20)
+
+            def counters(c: Collector) -> dict[str, str] | None:
+                d = c.last_diagnostics()
+                return None if d is None else {k: v for k, v in d.items() if k.startswith(("bad_frames", "frames_"))}
+
+            want_raw = {"bad_frames": "6", "bad_frames.unsupported_encoding": "2", "bad_frames.wrong_size": "3",
+                        "bad_frames.empty": "1", "bad_frames.undecodable": "0",
+                        "frames_received": "7", "frames_processed": "1", "frames_dropped": "0"}
+            want_comp = {"bad_frames": "3", "bad_frames.unsupported_encoding": "0", "bad_frames.wrong_size": "0",
+                         "bad_frames.empty": "1", "bad_frames.undecodable": "2",
+                         "frames_received": "4", "frames_processed": "1", "frames_dropped": "0"}
+            assert wait_until(lambda: counters(col) == want_raw and counters(colc) == want_comp, 5), \
+                (counters(col), counters(colc))
+            assert raw._worker.is_alive() and comp._worker.is_alive()
+            assert col.last_diagnostics()["processing_errors"] == "0"
+            # still working after the bad frames: a revisit gives a candidate
+            stamps = publish_sequence(col, [1, 2, 0], t0_ns=T0 + 5 * SEC, processed=lambda: raw.stats.processed)
+            assert wait_until(lambda: stamps[-1] in by_query(col), 5)
+            assert by_query(col)[stamps[-1]]["match_id"].tolist() == [0]
+    finally:
+        for n in (raw, comp, col, colc):
+            n.destroy_node()
+
+
+def test_burst_is_bounded_counted_and_node_keeps_answering(ctx, encoder):
+    node = make_node(ctx, "/burst", encoder, reliable_qos=False)  # the default sensor-data QoS
+    col = Collector("/burst/salad_loop_closure", context=ctx, image_topic="/burst/image")
+    # depth-1 best-effort publisher: nothing queues on the sending side of this process either
+    pub = col.create_publisher(Image, "/burst/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    reset = col.create_client(Trigger, "/burst/salad_loop_closure/reset_database")
+    big = [image_msg(np.ascontiguousarray(np.tile(scene(i), (3, 4, 1))), 0) for i in range(4)]  # 1280x720
+    frame_bytes = len(big[0].data)
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node() and wait_until(lambda: pub.get_subscription_count() > 0, 10)
+            pub.publish(image_msg(scene(9), T0))  # warm-up: the first inference allocates
+            assert wait_until(lambda: node.stats.processed == 1, 20)
+            base = rss_bytes()
+            peak = [base]
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.is_set():
+                    peak[0] = max(peak[0], rss_bytes())
+                    time.sleep(0.01)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t_start = time.monotonic()
+            for k in range(200):
+                msg = big[k % 4]
+                msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(T0 + (k + 1) * SEC // 100)
+                pub.publish(msg)
+                time.sleep(max(0.0, t_start + (k + 1) * 0.01 - time.monotonic()))
+            s = node.stats
+            assert wait_until(lambda: s.received == s.processed + s.dropped + sum(s.bad.values()) + s.failed, 30)
+            sampling.set()
+            sampler.join()
+            assert s.received > 100, "most of the burst arrives on loopback"
+            assert s.dropped > 0 and s.processed < s.received, "a slow model drops frames, it does not queue them"
+            assert s.failed == 0 and sum(s.bad.values()) == 0
+            growth = peak[0] - base
+            print(f"burst: received {s.received} processed {s.processed} dropped {s.dropped} rss +{growth / 1e6:.0f} MB")
+            # queueing the burst would take received x 2.7 MB; the slot holds one frame
+            assert growth < 60 * frame_bytes, f"memory grew by {growth / 1e6:.0f} MB"
+            assert wait_until(lambda: (col.last_diagnostics() or {}).get("frames_dropped") == str(s.dropped), 5)
+            # still answering: a service call and a new frame
+            assert call(col, reset).success
+            before = s.processed
+            pub.publish(image_msg(scene(5), T0 + 100 * SEC))
+            assert wait_until(lambda: s.processed == before + 1, 20)
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_odometry_gives_keyframe_poses(ctx, encoder):
+    node = make_node(ctx, "/odo", encoder, pose_source="odometry", pose_tolerance=0.05,
+                     **{"detector.keyframe_min_distance_m": 1.0, "detector.keyframe_min_rotation_deg": 0.0})
+    col = Collector("/odo/salad_loop_closure", context=ctx, image_topic="/odo/image")
+    odom = col.create_publisher(Odometry, "/odo/odom", 10)
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node() and wait_until(lambda: odom.get_subscription_count() > 0, 10)
+            steps = [(0, 0.0, 0), (1, 0.3, 1), (2, 2.0, 2), (10, None, 3)]  # (t s, x m or no odometry, scene)
+            for t, x, i in steps:
+                if x is not None:
+                    o = Odometry()
+                    o.header.stamp.sec = 100 + t
+                    o.pose.pose.position.x = x
+                    o.pose.pose.orientation.w = 1.0
+                    n = len(node._poses)
+                    odom.publish(o)
+                    assert wait_until(lambda: len(node._poses) == n + 1, 10)
+                before = node.stats.processed
+                col.pub.publish(image_msg(scene(i), T0 + t * SEC))
+                assert wait_until(lambda: node.stats.processed == before + 1, 20)
+            db = node.pipeline.database
+            # 0.3 m is too little motion; 2 m is enough; t=10 has no odometry within 0.05 s
+            assert len(db) == 3
+            assert [db.get(k).stamp_ns for k in range(3)] == [T0, T0 + 2 * SEC, T0 + 10 * SEC]
+            assert db.get(0).pose.x == 0.0 and db.get(1).pose.x == 2.0 and db.get(2).pose is None
+    finally:
+        node.destroy_node()
+        col.destroy_node()
