@@ -162,8 +162,9 @@ class DatabaseConfig:
     hnsw_ef_search: int = param(128, "HNSW candidate list size while searching: recall vs latency",
                                 range=(1, 16384))
     ivf_nlist: int = param(256, "IVF-PQ coarse clusters", range=(1, 1 << 20))
-    ivf_pq_m: int = param(128, "IVF-PQ sub-quantisers = code bytes per keyframe; must divide the "
-                          "descriptor dimension", range=(1, 65536))
+    ivf_pq_m: int = param(0, "IVF-PQ sub-quantisers = code bytes per keyframe; must divide the descriptor "
+                          "dimension. 0 = auto: the largest divisor <= 128 leaving >= 4 dims each (8448-D: 128)",
+                          range=(0, 65536))
     ivf_nprobe: int = param(16, "IVF-PQ clusters visited per search (at most ivf_nlist are)", range=(1, 1 << 20))
     ivf_train_at: int = param(20000, "Keyframe count at which IVF-PQ is trained (exact flat search "
                               "until then); faiss recommends >= 39 * max(ivf_nlist, 256)", range=(1, 1 << 40))
@@ -252,6 +253,11 @@ def _new_hnsw(dim: int, cfg: DatabaseConfig) -> Any:
     idx.hnsw.efConstruction = cfg.hnsw_ef_construction
     idx.hnsw.efSearch = cfg.hnsw_ef_search
     return idx
+
+
+def _auto_pq_m(dim: int) -> int:
+    """Largest divisor of ``dim`` that is <= 128 and leaves sub-vectors of >= 4 dimensions."""
+    return max([m for m in range(1, min(128, max(1, dim // 4)) + 1) if dim % m == 0])
 
 
 def _expected_classes(kind: str, fp16: bool, trained: bool) -> tuple[str, ...]:
@@ -399,7 +405,10 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max(1, faiss.omp_get_max_threads()), thread_name_prefix="salad_db")
+            # Each worker scans its id range on one core: OpenMP teams inside the workers would
+            # oversubscribe the cores (per-thread setting; the caller's threads are unaffected).
+            _POOL = ThreadPoolExecutor(max(1, faiss.omp_get_max_threads()), thread_name_prefix="salad_db",
+                                       initializer=lambda: faiss.omp_set_num_threads(1))
         return _POOL
 
 
@@ -431,9 +440,10 @@ class KeyframeDatabase:
             raise ConfigError(f"descriptor dimension must be a positive integer, got {dim!r}")
         if not isinstance(model_name, str):
             raise ConfigError(f"model_name must be a string, got {model_name!r}")
-        if cfg.index == "ivfpq" and dim % cfg.ivf_pq_m:
+        if cfg.index == "ivfpq" and cfg.ivf_pq_m and dim % cfg.ivf_pq_m:
             raise ConfigError(f"parameter '{_PREFIX}ivf_pq_m': {cfg.ivf_pq_m} does not divide the "
                               f"descriptor dimension {dim}")
+        self._pq_m = cfg.ivf_pq_m or _auto_pq_m(int(dim))
         self.dim = int(dim)
         self.model_name = model_name
         self.config = cfg
@@ -477,7 +487,7 @@ class KeyframeDatabase:
             if self.config.index == "hnsw":
                 extra = f", M={self.config.hnsw_m}, efSearch={self.config.hnsw_ef_search}"
             elif self.config.index == "ivfpq":
-                extra = (f", nlist={self.config.ivf_nlist}, pq_m={self.config.ivf_pq_m}, nprobe={self.config.ivf_nprobe}"
+                extra = (f", nlist={self.config.ivf_nlist}, pq_m={self._pq_m}, nprobe={self.config.ivf_nprobe}"
                          if self.trained else f", exact staging until {self.config.ivf_train_at} keyframes")
             return (f"faiss {name} ({self.config.index}{', fp16' if self.config.fp16 else ''}{extra}) on "
                     f"{self._device_note}; {len(self)} keyframes of {self.dim}-D"
@@ -578,7 +588,7 @@ class KeyframeDatabase:
         cfg = self.config
         xs = self._index.reconstruct_n(0, self._index.ntotal)
         quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFPQ(quantizer, self.dim, cfg.ivf_nlist, cfg.ivf_pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, cfg.ivf_nlist, self._pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         ivf.train(xs)  # faiss's k-means uses a fixed seed: same data -> same index
         ivf.add(xs)
         ivf.nprobe = cfg.ivf_nprobe
@@ -928,8 +938,9 @@ class KeyframeDatabase:
 
         db = cls.__new__(cls)
         db._setup(dim, db_cfg, model)
-        if isinstance(index, faiss.IndexIVF):
+        if isinstance(index, faiss.IndexIVFPQ):
             index.make_direct_map()
+            db._pq_m = int(index.pq.M)
         db._install(index)
         db._apply_search_params()
         db._stamps.extend(stamps)

@@ -192,6 +192,11 @@ def test_ivfpq_trains_once_enough_keyframes() -> None:
     ids, _, _ = db.search(x[:50], 1)
     assert np.mean(ids[:, 0] == np.arange(50)) >= 0.9
     assert db.memory_report()["index"] < 1200 * 64 * 4  # compressed
+    # default options at any dimension: ivf_pq_m=0 picks a divisor of the dimension
+    assert "pq_m=" not in KeyframeDatabase(100, "ivfpq").describe()
+    small = KeyframeDatabase(100, "ivfpq", ivf_nlist=4, ivf_train_at=300)
+    small.add(unit_vectors(300, 100), np.arange(300))
+    assert small.trained and "pq_m=25" in small.describe()
 
 
 def test_memory_accounting() -> None:
