@@ -138,6 +138,7 @@ def export_onnx(
         bypass_identities(proto)
         stabilize_logsumexp(proto)
         prune_initializers(proto)
+        _declare_output_shape(proto, batch, model.output_dim)
         if precision == "fp16":
             proto = to_mixed_precision(proto)
         elif precision != "fp32":
@@ -159,6 +160,18 @@ def export_onnx(
         traced.unlink(missing_ok=True)
         steps.close()
     return meta
+
+
+def _declare_output_shape(proto: onnx.ModelProto, batch: int | None, dim: int) -> None:
+    # The tracer leaves the descriptor width symbolic; consumers (and TensorRT) like it concrete.
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    first = dims.add()
+    if batch:
+        first.dim_value = batch
+    else:
+        first.dim_param = "batch"
+    dims.add().dim_value = dim
 
 
 def onnx_session(path: str | Path):
@@ -251,8 +264,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     clusters = variant_dims(args.descriptor)[0]
     if patches <= clusters:
         smallest = PATCH_SIZE * (int(clusters ** 0.5) + 1)
-        parser.error(f"--image-size {args.image_size} gives {patches} patches, SALAD {args.descriptor} needs more "
-                     f"than {clusters} clusters: use at least {smallest}")
+        parser.error(f"--image-size {args.image_size} gives {patches} patches; {args.descriptor} needs more patches "
+                     f"than its {clusters} clusters: use at least {smallest}")
     if args.opset < MIN_OPSET:
         parser.error(f"--opset {args.opset} is below {MIN_OPSET}")
     if args.weights and not Path(args.weights).is_file():
