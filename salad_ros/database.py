@@ -721,11 +721,13 @@ class KeyframeDatabase:
     def _raw_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Index search + canonical order (score desc, id asc) and scores clipped to [-1, 1]."""
         n = self._index.ntotal
-        parts = 1
-        if not self._on_gpu and isinstance(self._index, faiss.IndexFlatCodes) and len(q) < faiss.omp_get_max_threads():
+        threads = faiss.omp_get_max_threads()
+        if not self._on_gpu and isinstance(self._index, faiss.IndexFlatCodes) and len(q) < threads:
+            # few queries: faiss would scan on one core (and the fp16 scanner still opens an
+            # OpenMP team that stalls when the cores are busy), so scan in our own workers
+            parts = 1
             if n * self._index.sa_code_size() >= _PARALLEL_MIN_BYTES:
-                parts = min(faiss.omp_get_max_threads(), n // _PARALLEL_MIN_ROWS)
-        if parts > 1:
+                parts = max(1, min(threads, n // _PARALLEL_MIN_ROWS))
             dist, idx = self._search_ranges(q, k, parts)
         else:
             dist, idx = self._index.search(q, k)
@@ -741,6 +743,8 @@ class KeyframeDatabase:
         bounds = np.linspace(0, n, parts + 1).astype(np.int64)
 
         def run(i: int) -> tuple[np.ndarray, np.ndarray]:
+            if parts == 1:
+                return self._index.search(q, k)
             sel = faiss.IDSelectorRange(int(bounds[i]), int(bounds[i + 1]))
             params = faiss.SearchParameters(sel=sel)
             return self._index.search(q, k, params=params)
