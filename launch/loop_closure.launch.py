@@ -28,18 +28,23 @@ ARGUMENTS = (
 
 def _node(context, *_args, **_kwargs):
     """Build the node once the arguments are known (weights is only set when given)."""
+    from salad_ros.config import DEFAULT_NODE_NAME, load_params_yaml
+
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
-    overrides = {"use_sim_time": arg["use_sim_time"].strip().lower() in ("true", "1", "yes")}
+    # The file's section is keyed by the bare node name, which rcl would not match once a
+    # namespace is set; handing the values over as a dict applies them in any namespace.
+    params = load_params_yaml(arg["params_file"], DEFAULT_NODE_NAME)
+    params["use_sim_time"] = arg["use_sim_time"].strip().lower() in ("true", "1", "yes")
     if arg["weights"]:
-        overrides["weights"] = arg["weights"]
+        params["weights"] = arg["weights"]
     topic = arg["image_topic"]
     return [
         Node(
             package="salad_ros",
             executable="loop_closure_node",
-            name="salad_loop_closure",
+            name=DEFAULT_NODE_NAME,
             namespace=arg["namespace"],
-            parameters=[arg["params_file"], overrides],
+            parameters=[params],
             remappings=[("image", topic), ("image/compressed", topic.rstrip("/") + "/compressed")],
             output="screen",
             emulate_tty=True,
