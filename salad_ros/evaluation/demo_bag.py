@@ -1,0 +1,571 @@
+"""``salad_demo_bag``: write a rosbag2 of a camera driving two laps around a textured city block.
+
+The scene is a rectangular block of buildings inside a ring of buildings, a street between
+them. Every facade has its own procedural texture (colour, window grid, door, cornices, a sign
+with lettering, stains) and height, so places are distinguishable; the street has lane paint,
+kerbs and manholes. A ray-casting renderer draws walls, street and sky in true perspective.
+
+Lap 1 is driven at noon in the middle of the street. Lap 2 is driven at dusk (lower, warmer,
+other-side sun, darker, noisier), a little slower (frames fall between lap 1's), with the
+camera shifted sideways by up to 1.2 m, 10 cm higher and yawing by a few degrees: the same
+places seen again under a different light and a small viewpoint change, which is what a loop
+detector must recognise. Ground truth is nav_msgs/Odometry at 20 Hz on ``/odom`` (the camera's
+position, heading as a z rotation), images are sensor_msgs/Image rgb8 on ``/camera/image_raw``
+(or CompressedImage JPEG on ``/camera/image_raw/compressed`` with ``--compressed``).
+
+Everything is seeded: the same arguments give byte-identical messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..database import Pose
+from ..io.bags import BagWriter, compressed_image_msg, image_msg, odometry_msg
+from ..io.trajectory import write_tum
+
+IMAGE_TOPIC = "/camera/image_raw"
+COMPRESSED_TOPIC = "/camera/image_raw/compressed"
+ODOM_TOPIC = "/odom"
+
+# Scene geometry [m]: inner block half-sizes, street width, corner radius of the driving line.
+BLOCK_HALF = (15.0, 9.0)
+STREET = 8.0
+WALL_PX_PER_M = 40.0
+FLOOR_PX_PER_M = 40.0
+ODOM_RATE_HZ = 20.0
+SPEEDS = (2.0, 1.8)  # m/s on lap 1 and lap 2
+
+
+@dataclass
+class Light:
+    """Illumination of one lap."""
+
+    sun_azimuth: float  # rad
+    sun_elevation: float  # rad
+    ambient: float
+    diffuse: float
+    tint: tuple[float, float, float]  # RGB gain
+    gamma: float
+    sky_top: tuple[int, int, int]
+    sky_horizon: tuple[int, int, int]
+    noise: float  # sensor noise sigma (grey levels)
+
+
+DAY = Light(math.radians(35), math.radians(55), 0.55, 0.5, (1.0, 1.0, 1.0), 1.0, (70, 120, 200), (185, 210, 235), 2.0)
+DUSK = Light(math.radians(215), math.radians(12), 0.32, 0.45, (1.12, 0.86, 0.66), 1.25, (40, 45, 95), (235, 150, 90), 4.5)
+
+
+@dataclass
+class Wall:
+    a: np.ndarray  # start (x, y)
+    b: np.ndarray  # end
+    height: float
+    texture_row: int  # first atlas row of its texture
+    normal: np.ndarray  # unit, pointing into the street
+
+
+class Scene:
+    """Facade segments with their textures in one atlas, a street texture and a sky panorama."""
+
+    def __init__(self, seed: int, photos: Sequence[np.ndarray] = ()) -> None:
+        rng = np.random.default_rng(seed)
+        bx, by = BLOCK_HALF
+        inner = [(-bx, -by), (bx, -by), (bx, by), (-bx, by)]
+        ox, oy = bx + STREET, by + STREET
+        outer = [(-ox, -oy), (ox, -oy), (ox, oy), (-ox, oy)]
+        self.walls: list[Wall] = []
+        textures: list[np.ndarray] = []
+        for ring, inward in ((inner, False), (outer, True)):
+            for k in range(4):
+                a, b = np.array(ring[k], float), np.array(ring[(k + 1) % 4], float)
+                length = float(np.linalg.norm(b - a))
+                n_facades = max(1, round(length / rng.uniform(5.0, 7.5)))
+                # Jittered cut points: facades of unequal width, none narrower than ~3 m.
+                cuts = np.clip((np.arange(1, n_facades) + rng.uniform(-0.3, 0.3, n_facades - 1)) / n_facades, 0, 1)
+                bounds = np.r_[0.0, cuts, 1.0]
+                d = (b - a) / length
+                # Both rings run counter-clockwise, so the left normal points into each ring: into
+                # the street for the outer ring, into the block for the inner one.
+                normal = np.array([-d[1], d[0]]) if inward else np.array([d[1], -d[0]])
+                for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                    p, q = a + s0 * (b - a), a + s1 * (b - a)
+                    height = float(rng.uniform(4.5, 10.0))
+                    w_px = int(round(np.linalg.norm(q - p) * WALL_PX_PER_M))
+                    h_px = int(round(height * WALL_PX_PER_M))
+                    photo = photos[len(textures) % len(photos)] if photos else None
+                    tex = make_facade(rng, w_px, h_px, photo)
+                    # Texture u runs a->b, which is right-to-left seen from the street on the
+                    # outer ring: mirror those so lettering reads correctly.
+                    textures.append(np.ascontiguousarray(tex[:, ::-1]) if inward else tex)
+                    self.walls.append(Wall(p, q, height, 0, normal))
+        # Stack the textures into one atlas (2 px gaps so bilinear lookups don't bleed).
+        width = max(t.shape[1] for t in textures)
+        rows, row = [], 0
+        for wall, tex in zip(self.walls, textures):
+            wall.texture_row = row
+            pad = np.zeros((tex.shape[0] + 2, width, 3), np.uint8)
+            pad[: tex.shape[0], : tex.shape[1]] = tex
+            rows.append(pad)
+            row += pad.shape[0]
+        self.atlas = np.concatenate(rows, axis=0)
+        self.a = np.array([w.a for w in self.walls])
+        self.b = np.array([w.b for w in self.walls])
+        self.heights = np.array([w.height for w in self.walls])
+        self.rows = np.array([w.texture_row for w in self.walls], float)
+        self.normals = np.array([w.normal for w in self.walls])
+        self.floor_origin = np.array([-ox - 1.0, -oy - 1.0])
+        self.floor = make_street(rng, ox + 1.0, oy + 1.0)
+        self.clouds = make_clouds(rng)
+
+    # -- the driving line: a rounded rectangle around the block, counter-clockwise
+
+    @property
+    def route_length(self) -> float:
+        bx, by = BLOCK_HALF
+        r = STREET / 2
+        return 4 * (bx + by) + 2 * math.pi * r
+
+    def route(self, s: float, lateral: float = 0.0) -> tuple[float, float, float]:
+        """(x, y, heading) at arc length ``s`` with ``lateral`` metres to the right of the line."""
+        bx, by = BLOCK_HALF
+        r = STREET / 2
+        s = s % self.route_length
+        # Straights start at the bottom middle, going +x; corners turn left around block corners.
+        pieces = [("line", bx), ("arc", (bx, -by)), ("line", 2 * by), ("arc", (bx, by)), ("line", 2 * bx),
+                  ("arc", (-bx, by)), ("line", 2 * by), ("arc", (-bx, -by)), ("line", bx)]
+        x, y, heading = 0.0, -by - r, 0.0
+        for kind, arg in pieces:
+            if kind == "line":
+                step = min(s, arg)
+                x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+                s -= step
+                if s <= 0 and step < arg:
+                    break
+            else:
+                arc = r * math.pi / 2
+                step = min(s, arc)
+                cx, cy = arg
+                start = heading - math.pi / 2  # angle of the position around the corner centre
+                ang = start + step / r
+                x, y = cx + r * math.cos(ang), cy + r * math.sin(ang)
+                heading += step / r
+                s -= step
+                if s <= 0 and step < arc:
+                    break
+        x += lateral * math.sin(heading)
+        y -= lateral * math.cos(heading)
+        return x, y, heading
+
+    # -- rendering
+
+    def render(self, x: float, y: float, yaw: float, cam_h: float, light: Light, size: tuple[int, int],
+               rng: np.random.Generator, hfov_deg: float = 90.0, supersample: int = 2) -> np.ndarray:
+        """RGB uint8 image ``size = (width, height)`` from camera at (x, y) with heading ``yaw``."""
+        w_out, h_out = size
+        W, H = w_out * supersample, h_out * supersample
+        f = (W / 2) / math.tan(math.radians(hfov_deg) / 2)
+        xn = ((np.arange(W) + 0.5 - W / 2) / f).astype(np.float32)  # per column
+        yn = ((np.arange(H) + 0.5 - H / 2) / f).astype(np.float32)  # per row, downwards positive
+        fwd = np.array([math.cos(yaw), math.sin(yaw)])
+        right = np.array([math.sin(yaw), -math.cos(yaw)])
+        dirs = fwd[None, :] + xn[:, None].astype(np.float64) * right[None, :]  # [W, 2]; forward part 1 => t = depth
+        p = np.array([x, y])
+
+        # Ray / segment intersection for every column and wall: P + t D = A + u (B - A).
+        e = self.b - self.a
+        ap = self.a - p
+        denom = dirs[:, None, 0] * e[None, :, 1] - dirs[:, None, 1] * e[None, :, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (ap[None, :, 0] * e[None, :, 1] - ap[None, :, 1] * e[None, :, 0]) / denom
+            u = (ap[None, :, 0] * dirs[:, None, 1] - ap[None, :, 1] * dirs[:, None, 0]) / denom
+        valid = (np.abs(denom) > 1e-12) & (t > 1e-3) & (u >= 0) & (u <= 1)
+        t = np.where(valid, t, np.inf)
+        hit = np.argmin(t, axis=1)
+        cols = np.arange(W)
+        depth = t[cols, hit]
+        has_wall = np.isfinite(depth)
+        depth = np.where(has_wall, depth, 1e6).astype(np.float32)
+        seg_len = np.linalg.norm(e[hit], axis=1)
+        tex_u = (u[cols, hit] * seg_len * WALL_PX_PER_M).astype(np.float32)
+
+        # Walls: a pixel at row y sees height h = cam_h - yn * depth on its column's wall.
+        hgt = cam_h - yn[:, None] * depth[None, :]  # [H, W]
+        wall_h = self.heights[hit].astype(np.float32)
+        is_wall = has_wall[None, :] & (hgt >= 0) & (hgt <= wall_h[None, :])
+        tex_v = (self.rows[hit].astype(np.float32) + wall_h * WALL_PX_PER_M)[None, :] - hgt * WALL_PX_PER_M
+        wall_img = cv2.remap(self.atlas, np.broadcast_to(tex_u, (H, W)), tex_v.astype(np.float32), cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+
+        # Street: where each pixel below the horizon row sees the ground (upper half: no floor).
+        is_floor = (yn[:, None] > 0) & ~is_wall
+        zf = np.where(yn > 0, cam_h / np.maximum(yn, 1e-6), 1e4).astype(np.float32)  # per row
+        low = H // 2
+        gx = ((p[0] - self.floor_origin[0]) + zf[low:, None] * dirs[None, :, 0]) * FLOOR_PX_PER_M
+        gy = ((p[1] - self.floor_origin[1]) + zf[low:, None] * dirs[None, :, 1]) * FLOOR_PX_PER_M
+        floor_img = np.zeros_like(wall_img)
+        floor_img[low:] = cv2.remap(self.floor, gx.astype(np.float32), gy.astype(np.float32), cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT)
+
+        # Sky: gradient by elevation plus a cloud panorama indexed by azimuth, so clouds stay
+        # put in the world as the camera turns. It is smooth: computed on a 1/8 grid, upscaled.
+        xs, ys = xn[4::8], yn[4::8]
+        az = ((yaw - np.arctan(xs)) % (2 * math.pi)) / (2 * math.pi) * self.clouds.shape[1]
+        el = np.arctan2(-ys[:, None], np.sqrt(1 + xs[None, :] ** 2))
+        cl_y = np.clip(el, 0, math.pi / 2) * ((self.clouds.shape[0] - 1) / (math.pi / 2))
+        cloud = cv2.remap(self.clouds, np.broadcast_to(az.astype(np.float32), el.shape), cl_y.astype(np.float32),
+                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+        frac = np.clip(el * (3 / math.pi), 0, 1).astype(np.float32)
+        horizon = np.array(light.sky_horizon, np.float32)
+        top = np.array(light.sky_top, np.float32)
+        sky = horizon + frac[..., None] * (top - horizon)
+        sky += cloud[..., None] * (horizon * 1.08 - sky)
+        sky = cv2.resize(sky, (W, H), interpolation=cv2.INTER_LINEAR)
+
+        # Lambertian shading of each wall from the lap's sun, distance haze for walls and street.
+        sun = np.array([math.cos(light.sun_azimuth), math.sin(light.sun_azimuth)]) * math.cos(light.sun_elevation)
+        wall_shade = (light.ambient + light.diffuse * np.clip(self.normals[hit] @ sun, 0, None)).astype(np.float32)
+        floor_shade = np.float32(light.ambient + light.diffuse * math.sin(light.sun_elevation) + 0.15)
+        fog_w = (1 - np.exp(-depth / 140.0)).astype(np.float32)  # per column
+        fog_f = (1 - np.exp(-np.minimum(zf, 200.0) / 140.0)).astype(np.float32)  # per row
+        gain = np.where(is_wall, (wall_shade * (1 - fog_w))[None, :], np.where(is_floor, floor_shade * (1 - fog_f)[:, None], 1))
+        haze = np.where(is_wall, fog_w[None, :], np.where(is_floor, fog_f[:, None], 0)).astype(np.float32)
+        # Composite with OpenCV's masked copy (much faster than numpy's broadcasting where()), then
+        # downsample before shading: gain and haze are smooth except at wall edges, where
+        # averaging them after the resize changes nothing visible and saves 3/4 of the work.
+        surface = floor_img
+        cv2.copyTo(wall_img, is_wall.view(np.uint8), surface)
+        img = sky
+        cv2.copyTo(surface.astype(np.float32), (is_wall | is_floor).view(np.uint8), img)
+        gain = gain.astype(np.float32)
+        if supersample > 1:
+            img = cv2.resize(img, (w_out, h_out), interpolation=cv2.INTER_AREA)
+            gain = cv2.resize(gain, (w_out, h_out), interpolation=cv2.INTER_AREA)
+            haze = cv2.resize(haze, (w_out, h_out), interpolation=cv2.INTER_AREA)
+        img *= gain[..., None]
+        img += haze[..., None] * horizon
+        img = cv2.convertScaleAbs(img)  # saturating float -> uint8
+        # Colour temperature and gamma of the lap as one lookup table per channel.
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        lut = np.stack([255 * np.clip(levels * g, 0, 1) ** light.gamma for g in light.tint], axis=1)
+        img = cv2.LUT(img, np.rint(lut).astype(np.uint8).reshape(256, 1, 3))
+        noise = rng.standard_normal(img.shape, dtype=np.float32) * light.noise
+        return np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- procedural textures
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """Smooth noise in [-1, 1] with features about ``scale`` pixels large."""
+    small = rng.uniform(-1, 1, (max(2, int(h / scale) + 2), max(2, int(w / scale) + 2))).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    px = np.uint8([[[int(h) % 180, int(s * 255), int(v * 255)]]])
+    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(float)
+
+
+LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
+
+
+def make_facade(rng: np.random.Generator, w: int, h: int, photo: np.ndarray | None = None) -> np.ndarray:
+    """One building front: plaster colour with stains, window grid, door, cornices and a sign."""
+    base = _hsv(rng.uniform(0, 180), rng.uniform(0.15, 0.6), rng.uniform(0.45, 0.9))
+    img = np.ones((h, w, 3), np.float32) * base
+    img *= (1 + 0.08 * _noise(rng, h, w, 40))[..., None] * (1 + 0.04 * _noise(rng, h, w, 6))[..., None]
+    ppm = WALL_PX_PER_M
+    # Vertical material change on some facades (a different coloured bay).
+    if rng.random() < 0.5:
+        x0 = int(rng.uniform(0.1, 0.6) * w)
+        bay = _hsv(rng.uniform(0, 180), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8))
+        img[:, x0 : x0 + int(rng.uniform(0.15, 0.35) * w)] = bay * (1 + 0.05 * _noise(rng, h, 2, 20))[:, :1, None]
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    # Window grid above the ground floor.
+    floor_h = rng.uniform(2.8, 3.6) * ppm
+    n_cols = max(1, int(w / (rng.uniform(1.4, 2.6) * ppm)))
+    win_w = rng.uniform(0.35, 0.7) * w / n_cols
+    win_h = rng.uniform(0.35, 0.65) * floor_h
+    glass = _hsv(rng.uniform(90, 130), rng.uniform(0.2, 0.6), rng.uniform(0.15, 0.45))
+    frame = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0, 0.3), rng.uniform(0.2, 0.95)))
+    arched = rng.random() < 0.3
+    y_top = int(h - floor_h)
+    level = 0
+    while y_top - floor_h > 0.2 * ppm:
+        y0 = int(y_top - floor_h + (floor_h - win_h) / 2)
+        for c in range(n_cols):
+            x0 = int((c + 0.5) * w / n_cols - win_w / 2)
+            x1, y1 = int(x0 + win_w), int(y0 + win_h)
+            shade = glass * rng.uniform(0.7, 1.4)
+            cv2.rectangle(img, (x0, y0), (x1, y1), tuple(int(v) for v in np.clip(shade, 0, 255)), -1)
+            if arched:
+                cv2.ellipse(img, ((x0 + x1) // 2, y0), ((x1 - x0) // 2, int(win_w / 3)), 0, 180, 360,
+                            tuple(int(v) for v in np.clip(shade, 0, 255)), -1)
+            cv2.rectangle(img, (x0, y0), (x1, y1), frame, 2)
+            cv2.line(img, ((x0 + x1) // 2, y0), ((x0 + x1) // 2, y1), frame, 1)
+        y_top -= int(floor_h)
+        level += 1
+        if rng.random() < 0.35:  # cornice band between some storeys
+            cv2.rectangle(img, (0, y_top - 3), (w, y_top + 3), frame, -1)
+    # Ground floor: door and a shop window or sign board with lettering.
+    gy = int(h - floor_h)
+    door_x = int(rng.uniform(0.05, 0.8) * w)
+    door_w, door_h = int(rng.uniform(0.9, 1.6) * ppm), int(rng.uniform(2.1, 2.6) * ppm)
+    door_col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.3, 0.9), rng.uniform(0.2, 0.7)))
+    cv2.rectangle(img, (door_x, h - door_h), (door_x + door_w, h), door_col, -1)
+    cv2.rectangle(img, (door_x, h - door_h), (door_x + door_w, h), frame, 3)
+    sign_col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)))
+    text_col = (255, 255, 255) if sum(sign_col) < 380 else (20, 20, 20)
+    sx0 = int(rng.uniform(0.0, 0.3) * w)
+    sx1 = min(w - 2, sx0 + int(rng.uniform(0.4, 0.8) * w))
+    sy0 = gy + int(0.15 * floor_h)
+    sy1 = sy0 + int(rng.uniform(0.18, 0.3) * floor_h)
+    cv2.rectangle(img, (sx0, sy0), (sx1, sy1), sign_col, -1)
+    word = "".join(rng.choice(list(LETTERS), int(rng.integers(3, 7))))
+    scale = (sy1 - sy0) / 32.0
+    cv2.putText(img, word, (sx0 + 6, sy1 - int(0.25 * (sy1 - sy0))), cv2.FONT_HERSHEY_DUPLEX, scale, text_col,
+                max(1, int(2 * scale)), cv2.LINE_AA)
+    # A few shapes (posters, graffiti, round windows): distinctive local structure.
+    for _ in range(int(rng.integers(1, 4))):
+        col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.4, 1), rng.uniform(0.3, 1)))
+        cxy = (int(rng.uniform(0, w)), int(rng.uniform(gy, h - 0.3 * ppm)))
+        if rng.random() < 0.5:
+            cv2.circle(img, cxy, int(rng.uniform(0.2, 0.5) * ppm), col, -1)
+        else:
+            pts = (np.array(cxy) + rng.uniform(-0.8, 0.8, (int(rng.integers(3, 6)), 2)) * ppm).astype(np.int32)
+            cv2.polylines(img, [pts], True, col, 3)
+    if photo is not None:  # a mural from a real photograph
+        ph, pw = photo.shape[:2]
+        mw = int(min(w * 0.7, 4 * ppm))
+        mh = max(8, int(mw * ph / pw))
+        my = max(0, gy - mh - int(0.3 * ppm))
+        mx = int(rng.uniform(0, max(1, w - mw)))
+        img[my : my + mh, mx : mx + mw] = cv2.resize(photo, (mw, mh), interpolation=cv2.INTER_AREA)[: h - my, : w - mx]
+    return img
+
+
+def make_street(rng: np.random.Generator, half_x: float, half_y: float) -> np.ndarray:
+    """Asphalt with dashed centre line, kerbs/sidewalks along the buildings, manholes, crossings."""
+    ppm = FLOOR_PX_PER_M
+    w, h = int(2 * half_x * ppm), int(2 * half_y * ppm)
+    asphalt = 95 + 12 * _noise(rng, h, w, 30) + 8 * _noise(rng, h, w, 3)
+    img = np.repeat(asphalt[..., None], 3, axis=2).astype(np.float32)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        return int((x + half_x) * ppm), int((y + half_y) * ppm)
+
+    bx, by = BLOCK_HALF
+    ox, oy = bx + STREET, by + STREET
+    walk = (150, 147, 140)
+    for r_x, r_y, off in ((bx, by, 1.5), (ox, oy, -1.5)):  # sidewalks 1.5 m wide along both rings
+        cv2.rectangle(img, px(-r_x - off, -r_y - off), px(r_x + off, r_y + off), walk, int(1.5 * ppm))
+    cv2.rectangle(img, px(-bx - 1.5, -by - 1.5), px(bx + 1.5, by + 1.5), (200, 200, 195), 2)
+    # Dashed centre line along the driving path (rounded rectangle offset STREET/2 from the block).
+    r = STREET / 2
+    path = []
+    for corner, a0 in (((bx, -by), -90), ((bx, by), 0), ((-bx, by), 90), ((-bx, -by), 180)):
+        for a in np.linspace(a0, a0 + 90, 12):
+            path.append((corner[0] + r * math.cos(math.radians(a)), corner[1] + r * math.sin(math.radians(a))))
+    path.append(path[0])
+    pts = np.array([px(*q) for q in path], float)
+    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    s = np.r_[0, np.cumsum(seg)]
+    dash = 3.0 * ppm
+    for d0 in np.arange(0, s[-1], 2 * dash):
+        a = np.array([np.interp(d0, s, pts[:, 0]), np.interp(d0, s, pts[:, 1])])
+        b = np.array([np.interp(d0 + dash, s, pts[:, 0]), np.interp(d0 + dash, s, pts[:, 1])])
+        cv2.line(img, tuple(a.astype(int)), tuple(b.astype(int)), (225, 210, 120), 3)
+    for _ in range(14):  # manholes and patches
+        x = rng.uniform(-ox, ox)
+        y = rng.uniform(-oy, oy)
+        cv2.circle(img, px(x, y), int(0.4 * ppm), (70, 70, 72), -1)
+    for xc in (-bx / 2, bx / 3):  # two zebra crossings on the long sides
+        for yc in (-by - r, by + r):
+            for k in range(6):
+                x0 = xc + (k - 3) * 0.8
+                cv2.rectangle(img, px(x0, yc - r), px(x0 + 0.4, yc + r), (230, 230, 230), -1)
+    return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def make_clouds(rng: np.random.Generator) -> np.ndarray:
+    """Cloud cover panorama (float32 0..1), 360 degrees wide, horizon (row 0) to zenith."""
+    n = _noise(rng, 128, 1024, 40) + 0.5 * _noise(rng, 128, 1024, 12)
+    n[:, -24:] = n[:, :24]  # join the seam at 0/360 degrees
+    return np.clip((n - 0.2) * 1.5, 0, 0.85).astype(np.float32)
+
+
+# -- the drive
+
+
+def _smoothstep(x: float) -> float:
+    x = min(1.0, max(0.0, x))
+    return x * x * (3 - 2 * x)
+
+
+@dataclass
+class Drive:
+    """Camera pose as a function of time over two laps."""
+
+    scene: Scene
+
+    @property
+    def lap_times(self) -> tuple[float, float]:
+        L = self.scene.route_length
+        return L / SPEEDS[0], L / SPEEDS[1]
+
+    @property
+    def duration(self) -> float:
+        return sum(self.lap_times)
+
+    def state(self, t: float) -> tuple[float, float, float, float, int]:
+        """(x, y, yaw, camera height, lap 0/1) at time ``t`` seconds."""
+        t1, _ = self.lap_times
+        L = self.scene.route_length
+        if t < t1:
+            s, lap = SPEEDS[0] * t, 0
+            lateral, dyaw, height = 0.0, math.radians(1.0) * math.sin(2 * math.pi * s / 23.0), 1.5
+        else:
+            s, lap = L + SPEEDS[1] * (t - t1), 1
+            ramp = _smoothstep((s - L) / 8.0)  # ease into the new lane over 8 m: no jump in ground truth
+            lateral = ramp * (0.8 + 0.4 * math.sin(2 * math.pi * s / 41.0))
+            dyaw = ramp * math.radians(5.0) * math.sin(2 * math.pi * s / 29.0)
+            height = 1.5 + 0.1 * ramp
+        x, y, heading = self.scene.route(s, lateral)
+        return x, y, heading + dyaw, height, lap
+
+    def pose(self, t: float) -> Pose:
+        x, y, yaw, h, _ = self.state(t)
+        return Pose(x, y, h, 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+
+
+def load_photos(directory: str | Path) -> list[np.ndarray]:
+    files = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    photos = []
+    for f in files:
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            photos.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return photos
+
+
+def generate(
+    out_dir: str | Path,
+    frames: int = 200,
+    seed: int = 0,
+    size: tuple[int, int] = (640, 480),
+    storage: str = "mcap",
+    compressed: bool = False,
+    tum: str | Path | None = None,
+    photos: Sequence[np.ndarray] = (),
+    supersample: int = 2,
+    start_ns: int = 1_700_000_000_000_000_000,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Write the demo bag; returns a summary (topics, frame count, duration, lap frame counts)."""
+    out_dir = Path(out_dir)
+    scene = Scene(seed, photos)
+    drive = Drive(scene)
+    T = drive.duration
+    frame_times = [T * i / frames for i in range(frames)]
+    odom_times = np.arange(0.0, T + 1e-9, 1.0 / ODOM_RATE_HZ)
+    image_topic = COMPRESSED_TOPIC if compressed else IMAGE_TOPIC
+    laps = [0, 0]
+    gt_stamps: list[int] = []
+    gt_poses: list[Pose] = []
+    iterator = range(frames)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="rendering", unit="frame", file=sys.stderr)
+    with BagWriter(out_dir, storage) as bag:
+        k = 0  # next odometry sample
+        for i in iterator:
+            t = frame_times[i]
+            # Odometry up to and including this frame's time, so the bag is in time order.
+            while k < len(odom_times) and odom_times[k] <= t:
+                stamp = start_ns + int(round(odom_times[k] * 1e9))
+                pose = drive.pose(float(odom_times[k]))
+                bag.write(ODOM_TOPIC, stamp, odometry_msg(pose, stamp))
+                gt_stamps.append(stamp)
+                gt_poses.append(pose)
+                k += 1
+            x, y, yaw, h, lap = drive.state(t)
+            laps[lap] += 1
+            rng = np.random.default_rng([seed, i])
+            rgb = scene.render(x, y, yaw, h, DAY if lap == 0 else DUSK, size, rng, supersample=supersample)
+            stamp = start_ns + int(round(t * 1e9))
+            msg = compressed_image_msg(rgb, stamp, "camera") if compressed else image_msg(rgb, stamp, "camera")
+            bag.write(image_topic, stamp, msg)
+        for tk in odom_times[k:]:
+            stamp = start_ns + int(round(tk * 1e9))
+            pose = drive.pose(float(tk))
+            bag.write(ODOM_TOPIC, stamp, odometry_msg(pose, stamp))
+            gt_stamps.append(stamp)
+            gt_poses.append(pose)
+    if tum:
+        write_tum(tum, gt_stamps, gt_poses)
+    return {
+        "bag": str(out_dir),
+        "image_topic": image_topic,
+        "odom_topic": ODOM_TOPIC,
+        "frames": frames,
+        "frames_per_lap": laps,
+        "duration_s": T,
+        "route_length_m": scene.route_length,
+        "storage": storage,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="salad_demo_bag",
+        description="Write a rosbag2 of a camera driving two laps around a textured city block "
+        "(second lap at dusk, shifted viewpoint) with nav_msgs/Odometry ground truth.",
+    )
+    parser.add_argument("out_dir", help="bag directory to create (must not exist)")
+    parser.add_argument("--frames", type=int, default=200, help="images over both laps (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="scene and noise seed (default 0)")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--compressed", action="store_true",
+                        help=f"write sensor_msgs/CompressedImage (JPEG) on {COMPRESSED_TOPIC} instead of raw rgb8")
+    parser.add_argument("--tum", metavar="FILE", help="also write the ground truth as a TUM trajectory file")
+    parser.add_argument("--photos", metavar="DIR", help="paste photographs from DIR (jpg/png) onto the facades as murals")
+    parser.add_argument("--supersample", type=int, default=2, choices=(1, 2, 3),
+                        help="render at N x the size and downsample (anti-aliasing; default 2)")
+    args = parser.parse_args(argv)
+    if args.frames < 2:
+        parser.error("--frames must be at least 2")
+    if Path(args.out_dir).exists():
+        print(f"salad_demo_bag: {args.out_dir} exists already; remove it or choose another directory", file=sys.stderr)
+        return 2
+    photos = load_photos(args.photos) if args.photos else []
+    if args.photos and not photos:
+        print(f"salad_demo_bag: no readable jpg/png images in {args.photos}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    info = generate(args.out_dir, args.frames, args.seed, (args.width, args.height), args.storage, args.compressed,
+                    args.tum, photos, args.supersample, progress=sys.stderr.isatty())
+    print(
+        f"wrote {info['bag']} ({info['storage']}): {info['frames']} images on {info['image_topic']} "
+        f"({info['frames_per_lap'][0]} on lap 1 at noon, {info['frames_per_lap'][1]} on lap 2 at dusk), "
+        f"odometry on {info['odom_topic']}, {info['duration_s']:.0f} s, {2 * info['route_length_m']:.0f} m "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
