@@ -1,0 +1,67 @@
+"""All parameters of the loop-closure pipeline in one typed tree.
+
+``SaladConfig`` is what ``config/salad_ros.yaml`` holds: model and node settings as flat names
+(``weights``, ``backbone``, ``image_size``, ...) and the keyframe database and detector under
+``database.*`` and ``detector.*``. The node declares exactly these ROS parameters; offline
+replay reads the same file, so both run the same detector with the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends import ModelConfig
+from .config import DEFAULT_NODE_NAME, ConfigError, check_fields, from_flat_dict, inline, load_params_yaml, nested, param
+from .database import DatabaseConfig
+from .detector import DetectorConfig
+
+
+@dataclass
+class NodeConfig:
+    """Settings of the ROS layer (ignored by offline replay)."""
+
+    image_transport: str = param(
+        "raw", "Subscribe to sensor_msgs/Image on 'image' (raw) or CompressedImage on 'image/compressed'",
+        choices=("raw", "compressed"),
+    )
+    reliable_qos: bool = param(False, "Reliable image subscription instead of sensor-data QoS (best effort, depth 1)")
+    pose_source: str = param(
+        "none", "Keyframe poses from nav_msgs/Odometry on 'odom', geometry_msgs/PoseStamped on 'pose', or none",
+        choices=("none", "odometry", "pose"),
+    )
+    pose_tolerance: float = param(0.1, "Largest stamp difference (s) between an image and the pose used for it",
+                                  range=(0.0, 10.0))
+    database_path: str = param("", "Keyframe database directory: loaded at start if present, target of save")
+    save_on_shutdown: bool = param(False, "Save the database to database_path when the node shuts down")
+    diagnostics_period: float = param(1.0, "Seconds between /diagnostics messages", range=(0.1, 60.0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        if self.save_on_shutdown and not self.database_path:
+            raise ConfigError("parameter 'save_on_shutdown': true needs a 'database_path' to save to")
+
+
+@dataclass
+class SaladConfig:
+    """Every parameter of the node and of offline replay."""
+
+    model: ModelConfig = inline(ModelConfig)
+    node: NodeConfig = inline(NodeConfig)
+    database: DatabaseConfig = nested(DatabaseConfig)
+    detector: DetectorConfig = nested(DetectorConfig)
+
+
+def load_config(
+    params_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    node_name: str = DEFAULT_NODE_NAME,
+) -> SaladConfig:
+    """Read ``params_file`` (a ROS 2 parameters YAML) and apply ``overrides`` (dotted names)."""
+    values: dict[str, Any] = dict(load_params_yaml(params_file, node_name)) if params_file else {}
+    values.update(overrides or {})
+    return from_flat_dict(SaladConfig, values)

@@ -1,0 +1,91 @@
+"""LoopClosurePipeline: the encoder + database + detector that the node and replay share."""
+
+import numpy as np
+import pytest
+
+from salad_ros.database import DatabaseError, Pose
+from salad_ros.io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
+from salad_ros.pipeline import LoopClosurePipeline, database_exists
+from salad_ros.settings import load_config
+
+SMALL = {
+    "backbone": "dinov2_vits14",
+    "image_size": 126,
+    "allow_random_weights": True,
+    "detector.keyframe_min_interval_s": 0.0,
+    "detector.keyframe_max_similarity": 1.0,
+    "detector.exclude_recent_keyframes": 2,
+    "detector.exclude_recent_s": 0.0,
+    "detector.consistency_count": 1,
+    "detector.min_score": 0.999,
+}
+
+
+def frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    places = [(rng.random((96, 128, 3)) * 255).astype(np.uint8) for _ in range(n)]
+    return places + places[:2]  # a revisit of the first two places
+
+
+@pytest.fixture(scope="module")
+def images():
+    return frames(5)
+
+
+def test_batch_equals_frame_by_frame(images):
+    stamps = [i * 1_000_000_000 for i in range(len(images))]
+    one = LoopClosurePipeline(load_config(overrides=SMALL))
+    by_frame = [one.process(img, s) for img, s in zip(images, stamps)]
+    batched = LoopClosurePipeline(load_config(overrides=SMALL), encoder=one.encoder)
+    by_batch = batched.process_batch(images, stamps)
+    assert [r.keyframe_id for r in by_frame] == [r.keyframe_id for r in by_batch] == list(range(7))
+    pairs = lambda results: [(c.query_id, c.match_id) for r in results for c in r.candidates]  # noqa: E731
+    assert pairs(by_frame) == pairs(by_batch) == [(5, 0), (6, 1)]
+    for a, b in zip(by_frame, by_batch):
+        assert [m.id for m in a.matches] == [m.id for m in b.matches]
+        np.testing.assert_allclose([m.score for m in a.matches], [m.score for m in b.matches], atol=1e-4)
+
+
+def test_database_path_loads_previous_session_and_refuses_other_model(tmp_path, images):
+    path = tmp_path / "map"
+    cfg = load_config(overrides={**SMALL, "database_path": str(path)})
+    first = LoopClosurePipeline(cfg)
+    assert not database_exists(path)
+    first.process_batch(images[:5], [i * 10**9 for i in range(5)])
+    first.save()
+    assert database_exists(path)
+    # A second session loops against the first session's map.
+    second = LoopClosurePipeline(cfg, encoder=first.encoder)
+    assert len(second.database) == 5
+    result = second.process(images[0], 100 * 10**9)
+    assert [c.match_id for c in result.candidates] == [0]
+    second.reset()
+    assert len(second.database) == 0 and database_exists(path)  # reset doesn't touch the saved map
+    # Descriptors of another model are not comparable: refused with a message, files untouched.
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    other = load_config(overrides={**SMALL, "database_path": str(path), "descriptor": "salad-544"})
+    with pytest.raises(DatabaseError, match=str(path)):
+        LoopClosurePipeline(other)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def test_save_without_path_is_an_error():
+    pipe = LoopClosurePipeline(load_config(overrides=SMALL))
+    with pytest.raises(ValueError, match="no database path"):
+        pipe.save()
+
+
+class _NS:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_message_field_helpers():
+    stamp = _NS(sec=12, nanosec=345)
+    assert stamp_to_ns(stamp) == 12_000_000_345 and ns_to_sec_nanosec(12_000_000_345) == (12, 345)
+    pose = _NS(position=_NS(x=1, y=2, z=3), orientation=_NS(x=0, y=0, z=0, w=1))
+    odom = _NS(header=None, pose=_NS(pose=pose, covariance=[]))  # Odometry / PoseWithCovarianceStamped
+    stamped = _NS(header=None, pose=pose)  # PoseStamped
+    assert pose_from_msg(odom) == pose_from_msg(stamped) == Pose(1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(TypeError, match="carries no pose"):
+        pose_from_msg(_NS(data=1))
