@@ -34,7 +34,7 @@ from salad_ros.backends.tensorrt_backend import (
     sidecar_path,
 )
 from salad_ros.config import ConfigError
-from salad_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_model
+from salad_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 168
@@ -64,11 +64,14 @@ def exported(tmp_path_factory) -> SimpleNamespace:
     """ViT-S / 8448-D / 168 px, dynamic batch, random weights, via the documented command line."""
     out = tmp_path_factory.mktemp("onnx") / "salad_s168.onnx"
     cmd = [sys.executable, "-m", "export.onnx", "--random-weights", "--backbone", "dinov2_vits14",
-           "--image-size", str(SIZE), "--out", str(out), "--quiet"]
+           "--image-size", str(SIZE), "--out", str(out), "--verify-count", "2", "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    model = load_model(None, "dinov2_vits14", variant="salad-8448")
-    return SimpleNamespace(path=out, stdout=proc.stdout, model=model, proto=onnx.load(str(out)))
+    # Seeded random init: the torch backend's model has exactly the exported weights.
+    torch_enc = create_encoder(ModelConfig(allow_random_weights=True, backbone="dinov2_vits14", image_size=SIZE,
+                                           device="cpu"))
+    return SimpleNamespace(path=out, stdout=proc.stdout, model=torch_enc.model, torch_encoder=torch_enc,
+                           proto=onnx.load(str(out)))
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +88,10 @@ def exported_fp16(tmp_path_factory) -> SimpleNamespace:
     torch.save(model.state_dict(), weights)
     out = d / "salad_s112_fp16.onnx"
     rc = xonnx.main(["--weights", str(weights), "--backbone", "dinov2_vits14", "--descriptor", "salad-544",
-                     "--image-size", "112", "--batch", "2", "--precision", "fp16", "--out", str(out), "--quiet"])
+                     "--image-size", "112", "--batch", "2", "--precision", "fp16", "--out", str(out),
+                     "--verify-count", "2", "--quiet"])
     assert rc == 0
-    return SimpleNamespace(path=out, weights=weights, model=load_model(weights, "dinov2_vits14", variant="salad-544"))
+    return SimpleNamespace(path=out, weights=weights, model=model.eval())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,9 +137,7 @@ def test_graph_is_standard_onnx_with_unrolled_sinkhorn_and_baked_pos_embed(expor
 
 def test_metadata_names_the_same_model_as_the_torch_backend(exported):
     meta = {p.key: p.value for p in exported.proto.metadata_props}
-    torch_enc = create_encoder(ModelConfig(allow_random_weights=True, backbone="dinov2_vits14",
-                                           image_size=SIZE, device="cpu"))
-    assert meta["model_name"] == torch_enc.model_name == f"dinov2_vits14/64x128+256@{SIZE}/random"
+    assert meta["model_name"] == exported.torch_encoder.model_name == f"dinov2_vits14/64x128+256@{SIZE}/random"
     assert meta["variant"] == "dinov2_vits14/64x128+256"
     assert (meta["backbone"], meta["descriptor"], meta["image_size"]) == ("dinov2_vits14", "salad-8448", str(SIZE))
     assert meta["descriptor_dim"] == "8448" and meta["batch"] == "dynamic" and meta["precision"] == "fp32"
