@@ -462,16 +462,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, encoder: Any = None) -> int:
+    """Console entry point; ``encoder`` replaces the configured model (tests, benchmarks)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run(args, encoder)
     except (ConfigError, ReplayError, BagError, TrajectoryError) as exc:
         print(f"salad_replay: error: {exc}", file=sys.stderr)
         return EXIT_INPUT if isinstance(exc, (BagError, TrajectoryError)) else EXIT_USAGE
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
     from ..settings import load_config
 
     if args.every < 1:
@@ -493,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
     if model.backend == "torch" and model.weights and not model.weights.startswith("hub") \
             and not Path(model.weights).is_file():
         raise ConfigError(f"--weights / parameter 'weights': file not found: {model.weights}")
-    random_weights = model.backend == "torch" and not model.weights
+    random_weights = model.backend == "torch" and not model.weights and encoder_override is None
     out = Path(args.out)
     detector_poses = args.detector_poses == "on" or (args.detector_poses == "auto" and cfg.node.pose_source != "none")
     tolerance_s = args.pose_tolerance if args.pose_tolerance is not None else cfg.node.pose_tolerance
@@ -522,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
         from ..pipeline import LoopClosurePipeline
 
         t_model = time.perf_counter()
-        encoder = RecordingEncoder(create_encoder(model))
+        encoder = RecordingEncoder(encoder_override or create_encoder(model))
         pipeline = LoopClosurePipeline(cfg, encoder=encoder)  # type: ignore[arg-type]
         model_s = time.perf_counter() - t_model
         print(f"model: {encoder.describe()} (loaded in {model_s:.1f} s)")
