@@ -180,11 +180,6 @@ class LatestFrameSlot:
             item, self._item = self._item, None
             return item
 
-    def clear(self) -> bool:
-        with self._cond:
-            had, self._item = self._item is not None, None
-            return had
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -253,7 +248,6 @@ class LoopClosureNode(Node):
         self._db_memory = self.pipeline.database.memory_bytes()
         self._last_diag = (time.monotonic(), 0, 0)
         self._closed = False
-        self._worker_alive = True
 
         node_cfg = self.cfg.node
         qos = IMAGE_QOS_RELIABLE if node_cfg.reliable_qos else IMAGE_QOS_BEST_EFFORT

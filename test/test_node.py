@@ -19,7 +19,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_srvs.srv import Trigger
 
 from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, compressed_msg, image_msg, \
@@ -83,8 +83,7 @@ def test_candidate_table_round_trip_through_pointcloud2():
     assert step == 29 and len(data) == 2 * 29  # packed: 7 x 4 bytes + 1
     assert [(f.name, f.offset, f.datatype) for f in fields][:5:4] == [("query_id", 0, 6), ("score", 16, FLOAT32)]
     msg = PointCloud2(height=1, width=2, point_step=step, row_step=2 * step, is_dense=True)
-    msg.fields = [__import__("sensor_msgs.msg", fromlist=["PointField"]).PointField(
-        name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
     msg.data = data
     out = cloud_to_table(msg)
     assert out.dtype.names == tuple(n for n, _ in CANDIDATE_COLUMNS)

@@ -152,7 +152,6 @@ INVALID = [
     (["-p", "allow_random_weights:=true", "-p", "image_size:=100"], "parameter 'image_size': 100 is not a multiple of 14"),
     (["-p", "weights:=/nonexistent/salad.ckpt"], "parameter 'weights': file not found: /nonexistent/salad.ckpt"),
     ([], "parameter 'weights' is empty"),
-    (["-p", "allow_random_weights:=true", "-p", "detector.min_scor:=0.5"], "unknown parameter 'detector.min_scor'"),
 ]  # every kind of refusal is covered in-process by test_node.py; these check the process's exit
 
 
