@@ -77,6 +77,12 @@ def test_no_true_loops_and_missing_poses():
     empty = M.evaluate(qs[:2], np.zeros((2, 2), bool), np.ones(2, bool))
     assert empty.average_precision is None and empty.recall_at_k[1] is None
     assert empty.max_recall_at_100_precision is None and empty.detector_recall is None
+    none_predicted = M.evaluate([M.QueryRecord(0), M.QueryRecord(1)], truth[:2, :2] | np.array([[0, 0], [1, 0]], bool),
+                                np.ones(2, bool))
+    assert none_predicted.predictions == 0 and none_predicted.average_precision == 0.0
+    assert none_predicted.max_recall_at_100_precision == 0.0 and none_predicted.recall_at_k[1] == 0.0
+    nothing = M.evaluate([M.QueryRecord(0)], np.zeros((1, 1), bool), np.ones(1, bool))
+    assert nothing.average_precision is None and nothing.max_recall_at_100_precision is None
 
 
 def test_yaw_condition_wraps_around():

@@ -235,8 +235,9 @@ def evaluate(
         queries_with_pose=len(scored),
         queries_with_loop=positives,
         predictions=len(scores),
-        average_precision=average_precision(curve),
-        max_recall_at_100_precision=max_recall_at_full_precision(curve),
+        # Without a query that has a loop, recall (and so AP) is undefined, not 0.
+        average_precision=average_precision(curve) if positives else None,
+        max_recall_at_100_precision=max_recall_at_full_precision(curve) if positives else None,
         recall_at_k=recall_at_k,
         curve=curve,
         candidates=n_cand,

@@ -384,7 +384,8 @@ def format_table(report: dict[str, Any]) -> str:
 
     t = report["timing"]
     rows = [
-        ("frames processed", f"{report['frames_processed']} of {report['image_messages']} image messages"),
+        ("frames processed", f"{report['frames_processed']} of {report['image_messages']} images"
+         + (f" (1 in {report['every']})" if report["every"] > 1 else "")),
         ("keyframes", report["keyframes"]),
         ("queries with a true loop", report["queries_with_loop"]),
         ("average precision", report["average_precision"]),
@@ -593,7 +594,8 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
         "weights": model.weights or None,
         "random_weights": random_weights,
         **summary,
-        "image_messages": stats.messages,
+        "image_messages": info.count,
+        "image_messages_read": stats.messages,
         "frames_processed": n,
         "every": args.every,
         "max_frames": args.max_frames,
