@@ -5,7 +5,7 @@
 #   scripts/demo.sh                                   # random ViT-S model: checks the pipeline, metrics meaningless
 #   WEIGHTS=path/to/dino_salad.ckpt scripts/demo.sh   # the released SALAD model (ViT-B, 322 px)
 #
-# Environment: DEMO_OUT (default demo_out/), DEMO_FRAMES (default 200, only when the bag is made).
+# Environment: DEMO_OUT (default demo_out/), DEMO_FRAMES (default 160, only when the bag is made).
 # Extra arguments go to salad_replay, e.g. scripts/demo.sh --set detector.min_score=0.6
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +21,7 @@ mkdir -p "$out"
 if [ ! -f "$bag/metadata.yaml" ]; then
   rm -rf "$bag"
   echo "[demo] rendering the demo bag (two laps around a city block, the second at dusk) into $bag"
-  "$bin/salad_demo_bag" "$bag" --frames "${DEMO_FRAMES:-200}" --seed 0
+  "$bin/salad_demo_bag" "$bag" --frames "${DEMO_FRAMES:-160}" --seed 0
 else
   echo "[demo] using the existing demo bag $bag (delete it to make it again)"
 fi

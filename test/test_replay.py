@@ -281,3 +281,9 @@ def test_no_weights_is_a_clear_error(demo, tmp_path, capsys):
     code = replay.main([str(demo), "--image-topic", demo_bag.IMAGE_TOPIC, "--out", str(tmp_path / "o"),
                         "--weights", str(tmp_path / "missing.ckpt")])
     assert code == replay.EXIT_USAGE and "file not found" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    code = replay.main([str(demo), "--image-topic", demo_bag.IMAGE_TOPIC, "--out", str(tmp_path / "o"),
+                        "--weights", str(garbage), "--backbone", "dinov2_vits14"])
+    err = capsys.readouterr().err
+    assert code == replay.EXIT_USAGE and f"cannot load the model ({garbage})" in err and "Traceback" not in err

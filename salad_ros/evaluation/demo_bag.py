@@ -461,7 +461,7 @@ def load_photos(directory: str | Path) -> list[np.ndarray]:
 
 def generate(
     out_dir: str | Path,
-    frames: int = 200,
+    frames: int = 160,
     seed: int = 0,
     size: tuple[int, int] = (640, 480),
     storage: str = "mcap",
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(second lap at dusk, shifted viewpoint) with nav_msgs/Odometry ground truth.",
     )
     parser.add_argument("out_dir", help="bag directory to create (must not exist)")
-    parser.add_argument("--frames", type=int, default=200, help="images over both laps (default 200)")
+    parser.add_argument("--frames", type=int, default=160, help="images over both laps (default 160)")
     parser.add_argument("--seed", type=int, default=0, help="scene and noise seed (default 0)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)

@@ -508,10 +508,7 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
         info = reader.require_topic(args.image_topic, IMAGE_TYPES, "image topic")
         if args.gt_topic:
             reader.require_topic(args.gt_topic, POSE_TYPES, "ground-truth topic")
-        if args.gt_tum:
-            gt = read_tum(args.gt_tum)
-        else:
-            gt = load_ground_truth(reader, args.gt_topic, None, stats)
+        gt = load_ground_truth(reader, args.gt_topic, args.gt_tum, stats)
         if gt is not None and len(gt) == 0:
             raise ReplayError(f"ground truth {gt.source} has no poses")
 
@@ -524,7 +521,12 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
         from ..pipeline import LoopClosurePipeline
 
         t_model = time.perf_counter()
-        encoder = RecordingEncoder(encoder_override or create_encoder(model))
+        try:
+            encoder = RecordingEncoder(encoder_override or create_encoder(model))
+        except ConfigError:
+            raise
+        except Exception as exc:  # a damaged or foreign checkpoint: one line, not a traceback
+            raise ReplayError(f"cannot load the model ({model.weights or 'random weights'}): {exc}") from exc
         pipeline = LoopClosurePipeline(cfg, encoder=encoder)  # type: ignore[arg-type]
         model_s = time.perf_counter() - t_model
         print(f"model: {encoder.describe()} (loaded in {model_s:.1f} s)")
