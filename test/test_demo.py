@@ -84,7 +84,7 @@ def test_photographs_become_murals(tmp_path):
     photos.mkdir()
     for i in range(2):
         img = np.zeros((60, 80, 3), np.uint8)
-        img[:, :, i] = 255  # pure red / green pictures: easy to find in the render
+        img[:, :, i] = 255  # pure blue / green pictures: easy to find in the render
         cv2.imwrite(str(photos / f"p{i}.png"), img)
     (photos / "readme.txt").write_text("not an image")
     loaded = demo_bag.load_photos(photos)
@@ -93,7 +93,7 @@ def test_photographs_become_murals(tmp_path):
     demo_bag.generate(tmp_path / "plain", **kw)
     demo_bag.generate(tmp_path / "murals", photos=loaded, **kw)
     (_, plain), (_, murals) = read_all(tmp_path / "plain")[1][0], read_all(tmp_path / "murals")[1][0]
-    # Procedural facades are at most 60 % saturated; a shaded pure-colour photo is ~95 %.
+    # Facade plaster is at most 60 % saturated (signs are small); a shaded pure-colour photo ~95 %.
 
     def pure(im: np.ndarray) -> int:
         mx, mn = im.max(axis=2).astype(int), im.min(axis=2).astype(int)
