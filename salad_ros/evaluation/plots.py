@@ -70,6 +70,8 @@ def plot_trajectory(
     ax.plot(keyframe_xy[ok, 0], keyframe_xy[ok, 1], ".", color="#4575b4", ms=3, label=f"keyframes ({len(keyframe_xy)})",
             zorder=2)
     counts = {True: 0, False: 0, None: 0}
+    # Fainter lines when there are many, so the path and the true edges stay visible.
+    alpha = 0.85 if len(edges) <= 100 else max(0.15, 0.85 * (100 / len(edges)) ** 0.5)
     for q, j, correct in edges:
         a, b = keyframe_xy[q], keyframe_xy[j]
         if np.isnan(a).any() or np.isnan(b).any():
@@ -78,7 +80,8 @@ def plot_trajectory(
         counts[correct] += 1
         color = TRUE_COLOR if correct else FALSE_COLOR if correct is False else UNKNOWN_COLOR
         # True edges on top: they are usually the fewer and the ones worth seeing.
-        ax.plot([a[0], b[0]], [a[1], b[1]], "-", color=color, lw=1.4, alpha=0.85, zorder=4 if correct else 3)
+        ax.plot([a[0], b[0]], [a[1], b[1]], "-", color=color, lw=1.4, alpha=0.85 if correct else alpha,
+                zorder=4 if correct else 3)
     # Legend entries for the edge colours even when a kind is absent, so the reader knows.
     ax.plot([], [], "-", color=TRUE_COLOR, lw=2, label=f"true loop candidates ({counts[True]})")
     ax.plot([], [], "-", color=FALSE_COLOR, lw=2, label=f"false loop candidates ({counts[False]})")
