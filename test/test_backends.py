@@ -7,7 +7,6 @@ tests, so their detector thresholds hold), dynamic batch.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -211,27 +210,17 @@ def test_node_runs_with_the_onnxruntime_backend(onnx_file):
         rclpy.shutdown(context=ctx)
 
 
-def _keyframe_stamps(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        return [row[next(k for k in row if "stamp" in k)] for row in csv.DictReader(f)]
-
-
-def test_replay_runs_with_the_onnxruntime_backend_and_agrees_with_torch(onnx_file, tmp_path):
+def test_replay_runs_with_the_onnxruntime_backend(onnx_file, tmp_path):
     from salad_ros.evaluation import demo_bag, replay
 
     bag = tmp_path / "bag"
     info = demo_bag.generate(bag, frames=8, size=(160, 120), supersample=1)
-    common = [str(bag), "--image-topic", info["image_topic"], "--gt-topic", info["odom_topic"], "--backbone",
-              "dinov2_vits14", "--image-size", str(SIZE), "--device", "cpu", "--batch-size", "4", "--no-plots",
-              "--no-progress"]
-    out_ort, out_torch = tmp_path / "ort", tmp_path / "torch"
-    assert replay.main([*common, "--out", str(out_ort), "--set", "backend=onnxruntime",
-                        "--set", f"engine={onnx_file}"]) == 0
-    assert replay.main([*common, "--out", str(out_torch), "--allow-random-weights"]) == 0
-    rep_ort = json.loads((out_ort / "report.json").read_text())
-    rep_torch = json.loads((out_torch / "report.json").read_text())
-    assert rep_ort["frames_processed"] == rep_torch["frames_processed"] == 8
-    assert rep_ort["model"].startswith("onnxruntime on cpu, dinov2_vits14/64x128+256@224/random")
-    assert rep_ort["config"]["backend"] == "onnxruntime"
-    assert rep_ort["keyframes"] == rep_torch["keyframes"] and rep_ort["candidates"] == rep_torch["candidates"]
-    assert _keyframe_stamps(out_ort / "keyframes.csv") == _keyframe_stamps(out_torch / "keyframes.csv")
+    out = tmp_path / "ort"
+    assert replay.main([str(bag), "--image-topic", info["image_topic"], "--gt-topic", info["odom_topic"],
+                        "--backbone", "dinov2_vits14", "--image-size", str(SIZE), "--device", "cpu", "--batch-size", "4",
+                        "--set", "backend=onnxruntime", "--set", f"engine={onnx_file}", "--out", str(out),
+                        "--no-plots", "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_processed"] == 8 and report["keyframes"] >= 1
+    assert report["model"].startswith(f"onnxruntime on cpu, dinov2_vits14/64x128+256@{SIZE}/random")
+    assert report["config"]["backend"] == "onnxruntime" and (out / "keyframes.csv").is_file()
