@@ -1,0 +1,299 @@
+"""Recall@K of a SALAD model on a VPR benchmark, with cached descriptors and a retrieval figure.
+
+    python -m training.evaluate --weights weights.pth --backbone dinov2_vitb14 \\
+        --image-size 322 --dataset /data/pitts30k/images/test --out results/pitts30k
+
+Writes ``<out>/results.json`` (``recall@1``, ``recall@5``, ... as fractions in [0, 1]),
+``<out>/retrievals.png`` (the first queries and their top-3, green = right, red = wrong) and
+caches descriptors under ``<out>/cache`` (``--cache-dir``), keyed by weights file (path, size,
+modification time), model shape, image size and the image list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from salad_ros.model import BACKBONES, VARIANTS, DinoSalad, input_size, load_model, preprocess, resolve_device
+
+from .benchmarks import Benchmark, load_benchmark
+from .data import read_rgb, worker_init
+
+log = logging.getLogger("training.evaluate")
+
+DEFAULT_KS = (1, 5, 10, 20)
+
+
+class ImageList(Dataset):
+    """Images by path, preprocessed exactly as at inference; unreadable ones become black."""
+
+    def __init__(self, paths: Sequence[str], size: int) -> None:
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        img = read_rgb(self.paths[i])
+        ok = img is not None
+        if not ok:  # keeps indices aligned with the benchmark; counted and reported by the caller
+            img = np.zeros((self.size, self.size, 3), np.uint8)
+        return preprocess(img, self.size)[0], ok
+
+
+@torch.no_grad()
+def compute_descriptors(
+    model: DinoSalad,
+    paths: Sequence[str],
+    image_size: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    amp: bool = False,
+    desc: str = "descriptors",
+    show_progress: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """Unit-norm float32 descriptors ``[N, D]`` of ``paths`` and the list of unreadable files."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(ImageList(paths, image_size), batch_size=batch_size, num_workers=num_workers,
+                        worker_init_fn=worker_init, pin_memory=device.type == "cuda")
+    out = np.zeros((len(paths), model.output_dim), np.float32)
+    bad: list[str] = []
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
+    i = 0
+    for images, ok in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
+        with autocast:
+            d = model(images.to(device, non_blocking=True))
+        d = torch.nn.functional.normalize(d.float(), dim=-1)  # re-normalise after a half-precision pass
+        out[i:i + len(d)] = d.cpu().numpy()
+        bad.extend(p for p, good in zip(paths[i:i + len(d)], ok.tolist()) if not good)
+        i += len(d)
+    model.train(was_training)
+    return out, bad
+
+
+def recall_at_k(
+    query: np.ndarray, database: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int] = DEFAULT_KS
+) -> tuple[dict[int, float], np.ndarray]:
+    """Recall@K (fraction of queries with a positive among the top K by inner product).
+
+    Queries without any positive count as failures (they stay in the denominator). Returns
+    the recalls and the ranked database indices ``[num_queries, max K]``.
+    """
+    import faiss  # imported here: only evaluation needs it
+
+    if len(positives) != len(query):
+        raise ValueError(f"{len(query)} query descriptors but {len(positives)} positive lists")
+    k_max = min(max(ks), len(database))
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(np.ascontiguousarray(database, dtype=np.float32))
+    _, ranked = index.search(np.ascontiguousarray(query, dtype=np.float32), k_max)
+    hits = np.zeros((len(query), k_max), bool)
+    for qi, pos in enumerate(positives):
+        hits[qi] = np.isin(ranked[qi], pos)
+    first_hit_within = np.cumsum(hits, axis=1) > 0  # [q, k]: a positive among the top k+1
+    recalls = {k: float(first_hit_within[:, min(k, k_max) - 1].mean()) if len(query) else 0.0 for k in ks}
+    return recalls, ranked
+
+
+def weights_identity(weights: str | None) -> str:
+    """What identifies a weights source for caching: path + size + mtime for files."""
+    if weights is None or weights in ("random", "hub", "hub:dinov2"):
+        return str(weights)
+    st = os.stat(weights)
+    return f"{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cache_key(weights_id: str, model: DinoSalad, image_size: int, paths: Sequence[str]) -> str:
+    h = hashlib.sha1()
+    h.update(f"{weights_id}|{model.variant}|{image_size}|".encode())
+    for p in paths:
+        h.update(p.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def cached_descriptors(cache_dir: Path | None, key: str | None, compute) -> tuple[np.ndarray, list[str], bool]:
+    """Load ``<cache_dir>/<key>.npy`` or call ``compute()`` and store its result there."""
+    if cache_dir is None or key is None:
+        return (*compute(), False)
+    file = cache_dir / f"{key}.npy"
+    if file.is_file():
+        return np.load(file), [], True
+    desc, bad = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp.npy")
+    np.save(tmp, desc)
+    os.replace(tmp, file)  # atomic: an interrupted run never leaves a truncated cache entry
+    return desc, bad, False
+
+
+def evaluate_benchmark(
+    model: DinoSalad,
+    bench: Benchmark,
+    image_size: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    amp: bool = False,
+    cache_dir: Path | None = None,
+    weights_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[dict, np.ndarray]:
+    """Descriptors (cached when ``cache_dir`` and ``weights_id`` are given) and Recall@K."""
+    out: dict = {}
+    bad: list[str] = []
+    descs = []
+    for part, paths in (("database", bench.db_paths), ("queries", bench.query_paths)):
+        key = cache_key(weights_id, model, image_size, paths) if weights_id is not None else None
+        d, b, hit = cached_descriptors(cache_dir, key, lambda paths=paths, part=part: compute_descriptors(
+            model, paths, image_size, device, batch_size, num_workers, amp, f"{bench.name} {part}", show_progress))
+        if hit:
+            log.info("%s %s: descriptors from cache %s", bench.name, part, cache_dir / f"{key}.npy")
+        descs.append(d)
+        bad.extend(b)
+    recalls, ranked = recall_at_k(descs[1], descs[0], bench.positives, ks)
+    for k, r in recalls.items():
+        out[f"recall@{k}"] = r
+    out.update({
+        "num_queries": len(bench.query_paths),
+        "num_database": len(bench.db_paths),
+        "queries_without_positives": bench.num_without_positives,
+        "unreadable_images": len(bad),
+    })
+    if bad:
+        log.warning("%s: %d unreadable images replaced by black frames, e.g. %s", bench.name, len(bad), bad[:3])
+    if bench.num_without_positives:
+        log.warning("%s: %d queries have no positive; they count as failures", bench.name, bench.num_without_positives)
+    return out, ranked
+
+
+def format_table(name: str, results: dict, ks: Sequence[int] = DEFAULT_KS) -> str:
+    """A small fixed-width table of Recall@K in percent."""
+    head = f"{'dataset':<24}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+    row = f"{name[:24]:<24}" + "".join(f"{100 * results[f'recall@{k}']:>8.2f}" for k in ks)
+    return f"{head}\n{row}"
+
+
+def save_retrieval_figure(bench: Benchmark, ranked: np.ndarray, path: str | Path, num_queries: int = 8, top: int = 3) -> Path:
+    """PNG of the first ``num_queries`` queries and their top ``top`` retrievals (green right, red wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training machines
+    import matplotlib.pyplot as plt
+
+    n = min(num_queries, len(bench.query_paths))
+    top = min(top, ranked.shape[1])
+    fig, axes = plt.subplots(n, top + 1, figsize=(2.6 * (top + 1), 2.2 * n), squeeze=False)
+    for qi in range(n):
+        cells = [(bench.query_paths[qi], "query", "black")]
+        for r in range(top):
+            j = int(ranked[qi, r])
+            right = j in set(bench.positives[qi].tolist())
+            cells.append((bench.db_paths[j], f"#{r + 1} {'right' if right else 'wrong'}", "green" if right else "red"))
+        for ax, (p, title, colour) in zip(axes[qi], cells):
+            img = read_rgb(p)
+            ax.imshow(img if img is not None else np.zeros((8, 8, 3), np.uint8))
+            ax.set_title(f"{title}\n{Path(p).name[:28]}", fontsize=7, color=colour)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(4 if colour != "black" else 1)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", required=True,
+                   help="weights file (flat or training checkpoint), 'hub' for the released SALAD weights, 'random'")
+    p.add_argument("--backbone", default="dinov2_vitb14", choices=sorted(BACKBONES))
+    p.add_argument("--variant", default="salad-8448", choices=sorted(VARIANTS), help="descriptor shape")
+    p.add_argument("--image-size", type=int, default=322, help="square input size, multiple of 14 (paper: 322)")
+    p.add_argument("--dataset", required=True, help="benchmark root with database/ and queries/")
+    p.add_argument("--layout", default="auto", choices=["auto", "utm", "sequence"])
+    p.add_argument("--threshold", type=float, default=25.0, help="utm layout: positive radius in metres")
+    p.add_argument("--tolerance", type=int, default=10, help="sequence layout: positive frame distance")
+    p.add_argument("--out", required=True, help="output folder (results.json, retrievals.png, cache/)")
+    p.add_argument("--cache-dir", default=None, help="descriptor cache (default <out>/cache)")
+    p.add_argument("--no-cache", action="store_true", help="always recompute descriptors")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA")
+    p.add_argument("--ks", default="1,5,10,20", help="comma-separated K values")
+    p.add_argument("--figure-queries", type=int, default=8, help="queries shown in retrievals.png (0: no figure)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (console script ``salad_evaluate``)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
+    try:
+        input_size(args.image_size)
+        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+        if not ks or ks[0] < 1:
+            raise ValueError(f"--ks must list positive integers, got '{args.ks}'")
+        bench = load_benchmark(args.dataset, args.layout, args.threshold, args.tolerance)
+        device = resolve_device(args.device)
+        weights = None if args.weights == "random" else args.weights
+        model = load_model(weights, backbone=args.backbone, variant=args.variant, device=device)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = None if args.no_cache else Path(args.cache_dir or out_dir / "cache")
+    log.info("%s (%s layout): %d queries, %d database images; model %s at %d px",
+             bench.name, bench.layout, len(bench.query_paths), len(bench.db_paths), model.variant, args.image_size)
+    results, ranked = evaluate_benchmark(
+        model, bench, args.image_size, device, args.batch_size, args.num_workers, ks, args.amp,
+        cache_dir, weights_identity(weights) if cache_dir is not None else None,
+    )
+    results = {
+        **results,
+        "recall_percent": {f"R@{k}": round(100 * results[f"recall@{k}"], 2) for k in ks},
+        "dataset": str(Path(args.dataset).resolve()),
+        "name": bench.name,
+        "layout": bench.layout,
+        **({"threshold_m": args.threshold} if bench.layout == "utm" else {"tolerance_frames": args.tolerance}),
+        "weights": args.weights,
+        "backbone": args.backbone,
+        "variant": model.variant,
+        "image_size": args.image_size,
+    }
+    print(format_table(bench.name, results, ks))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.figure_queries > 0:
+        fig = save_retrieval_figure(bench, ranked, out_dir / "retrievals.png", args.figure_queries)
+        log.info("retrieval figure: %s", fig)
+    log.info("results: %s", out_dir / "results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
