@@ -9,6 +9,9 @@ Data (``--data``):
   places  SALAD-like: unit vectors = shared mean direction + a smooth per-place field along a
           trajectory (similar over ~16 keyframes) + per-frame noise; queries are revisits of
           random keyframes (cosine ~0.7 to the revisited keyframe, ~0.25 to unrelated ones).
+  regions like places plus a coarse "region" field (anchors every 512 keyframes: same building
+          or street), so unrelated keyframes of the same region score ~0.3 and others ~0.15.
+          Multi-scale structure like this is what lets a graph search (HNSW) navigate.
   random  i.i.d. random unit vectors and queries: no structure, the worst case for HNSW.
 
 Example (the 100k rows need ~8 GB of RAM and a long HNSW build at 8448-D)::
@@ -35,6 +38,9 @@ from salad_ros.database import KeyframeDatabase  # noqa: E402
 METHODS = ("numpy", "flat", "flat-fp16", "hnsw", "hnsw-fp16")
 # Squared weights of the places model: mean direction, place field, session field, noise.
 WEIGHTS = (0.25, 0.45, 0.2, 0.1)
+# regions model: mean direction, region field, place field, session field, noise.
+REGION_WEIGHTS = (0.15, 0.15, 0.4, 0.2, 0.1)
+REGION_EVERY = 512
 # Keyframes between random anchors of the smooth fields: with keyframes ~0.5 m apart, a place
 # stays recognisable over several metres, so each query has a neighbourhood of similar keyframes.
 ANCHOR_EVERY = 16
@@ -49,9 +55,9 @@ def _anchor(seed: int, field: int, k: int, dim: int) -> np.ndarray:
     return _unit(np.random.default_rng([seed, field, k]).standard_normal(dim, dtype=np.float32))
 
 
-def _field(seed: int, field: int, idx: np.ndarray, dim: int) -> np.ndarray:
-    """Smooth unit field along the trajectory: anchors every ANCHOR_EVERY keyframes, lerped."""
-    pos = idx / ANCHOR_EVERY
+def _field(seed: int, field: int, idx: np.ndarray, dim: int, every: int = ANCHOR_EVERY) -> np.ndarray:
+    """Smooth unit field along the trajectory: anchors every ``every`` keyframes, lerped."""
+    pos = idx / every
     k0 = np.floor(pos).astype(np.int64)
     frac = (pos - k0).astype(np.float32)[:, None]
     cache = {k: _anchor(seed, field, k, dim) for k in range(int(k0.min()), int(k0.max()) + 2)}
@@ -69,16 +75,21 @@ def make_data(n: int, dim: int, nq: int, kind: str, seed: int, chunk: int = 4096
             m = min(chunk, n - i0)
             x[i0:i0 + m] = _unit(rng.standard_normal((m, dim), dtype=np.float32))
         return x, _unit(rng.standard_normal((nq, dim), dtype=np.float32))
-    wa, wb, wc, we = (np.float32(np.sqrt(w)) for w in WEIGHTS)
+    w = [np.float32(np.sqrt(v)) for v in (REGION_WEIGHTS if kind == "regions" else (WEIGHTS[0], 0.0, *WEIGHTS[1:]))]
     mu = _anchor(seed, 0, 0, dim)
+
+    def shared(idx: np.ndarray) -> np.ndarray:  # what a revisit has in common with the keyframe
+        out = w[0] * mu + w[2] * _field(seed, 1, idx, dim)
+        return out + w[1] * _field(seed, 3, idx, dim, REGION_EVERY) if w[1] else out
+
     for i0 in range(0, n, chunk):
         idx = np.arange(i0, min(n, i0 + chunk))
         noise = _unit(rng.standard_normal((len(idx), dim), dtype=np.float32))
-        x[idx] = _unit(wa * mu + wb * _field(seed, 1, idx, dim) + wc * _field(seed, 2, idx, dim) + we * noise)
+        x[idx] = _unit(shared(idx) + w[3] * _field(seed, 2, idx, dim) + w[4] * noise)
     revisit = np.sort(rng.choice(n, size=nq, replace=nq > n))
     fresh = _unit(rng.standard_normal((nq, dim), dtype=np.float32))  # another session's appearance
     noise = _unit(rng.standard_normal((nq, dim), dtype=np.float32))
-    q = _unit(wa * mu + wb * _field(seed, 1, revisit, dim) + wc * fresh + we * noise)
+    q = _unit(shared(revisit) + w[3] * fresh + w[4] * noise)
     return x, q.astype(np.float32)
 
 
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200, help="single queries timed per row")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--methods", default="numpy,flat,flat-fp16,hnsw", help=f"subset of {','.join(METHODS)}")
-    ap.add_argument("--data", choices=("places", "random"), default="places")
+    ap.add_argument("--data", choices=("places", "regions", "random"), default="places")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef-search", default="32,64,128", help="HNSW efSearch values, one row each")
