@@ -213,12 +213,20 @@ def publish_sequence(collector: Collector, scenes: Iterable[int], *, t0_ns: int 
         before = processed() if processed else 0
         t_pub = time.monotonic()
         rgb = scene(i)
-        collector.pub.publish(compressed_msg(rgb, stamp) if compressed else image_msg(rgb, stamp))
+        msg = compressed_msg(rgb, stamp) if compressed else image_msg(rgb, stamp)
+        collector.pub.publish(msg)
         stamps.append(stamp)
-        if processed is not None:
-            ok = wait_until(lambda: processed() > before, response_timeout)
-        else:
-            ok = wait_until(lambda: collector.responded_to(stamp), response_timeout)
+        answered = (lambda: processed() > before) if processed is not None else (lambda: collector.responded_to(stamp))
+        # Discovery is asymmetric: we may see the node's subscription before it has matched our
+        # publisher, and the first sample is then lost. Resend the first frame (a duplicate is no
+        # new keyframe: identical descriptor, novelty rule) until the node answers with its stamp.
+        # Only with stamp-specific answers: a processed() count can't tell a duplicate apart.
+        resend = k == 0 and processed is None
+        ok = wait_until(answered, 3.0 if resend else response_timeout)
+        deadline = time.monotonic() + response_timeout
+        while not ok and resend and time.monotonic() < deadline:
+            collector.pub.publish(msg)
+            ok = wait_until(answered, 3.0)
         if not ok:
             raise TimeoutError(f"no answer to scene {i} (stamp {stamp}) within {response_timeout} s")
         time.sleep(max(0.0, period - (time.monotonic() - t_pub)))
