@@ -315,7 +315,6 @@ class LoopClosureNode(Node):
         from .pipeline import LoopClosurePipeline  # after the config is valid: imports torch
 
         model = self.cfg.model
-        self.random_weights = False
         if model.backend == "torch":
             if model.weights and not model.weights.startswith("hub") and not Path(model.weights).is_file():
                 if not model.allow_random_weights:
@@ -323,13 +322,6 @@ class LoopClosureNode(Node):
                 self.get_logger().warning(f"parameter 'weights': file not found: {model.weights}")
                 model = dataclasses.replace(model, weights="")
                 self.cfg = dataclasses.replace(self.cfg, model=model)
-            self.random_weights = not model.weights
-        if self.random_weights:
-            for line in ("*" * 72,
-                         "RANDOM WEIGHTS: 'weights' is empty and allow_random_weights is true.",
-                         "Descriptors are meaningless; loop candidates are NOT real. Development only.",
-                         "*" * 72):
-                self.get_logger().warning(line)
         if encoder is None:
             try:
                 encoder = create_encoder(model)
@@ -338,6 +330,15 @@ class LoopClosureNode(Node):
             except Exception as exc:  # noqa: BLE001 - checkpoint/engine problems: one clear line
                 what = "weights" if model.backend == "torch" else "engine"
                 raise StartupError(f"parameter '{what}': {_one_line(exc)}") from exc
+        # The descriptor identity says it for every backend (an ONNX/engine file exported from
+        # random weights carries the same '/random' fingerprint).
+        self.random_weights = encoder.model_name.endswith("/random")
+        if self.random_weights:
+            for line in ("*" * 72,
+                         "RANDOM WEIGHTS: no trained weights (empty 'weights', or a file exported from random ones).",
+                         "Descriptors are meaningless; loop candidates are NOT real. Development only.",
+                         "*" * 72):
+                self.get_logger().warning(line)
         try:
             self.pipeline = LoopClosurePipeline(self.cfg, encoder=encoder)
         except ConfigError as exc:

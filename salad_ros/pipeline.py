@@ -38,7 +38,7 @@ class LoopClosurePipeline:
         path = cfg.node.database_path
         if database_exists(path):
             self.database = KeyframeDatabase.load(
-                path, expected_dim=self.encoder.dim, expected_model=self.encoder.model_name
+                path, expected_dim=self.encoder.dim, expected_model=self.encoder.model_name, config=cfg.database
             )
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
         else:

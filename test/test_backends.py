@@ -203,6 +203,7 @@ def test_node_runs_with_the_onnxruntime_backend(onnx_file):
             diag = col.last_diagnostics()
             assert diag["backend"] == "onnxruntime" and diag["device"] == "cpu"
             assert diag["model"] == f"dinov2_vits14/64x128+256@{SIZE}/random"
+            assert diag["random_weights"] == "true"  # exported from random weights: still flagged
     finally:
         for n in (node, col):
             if n is not None:
