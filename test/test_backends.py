@@ -22,7 +22,7 @@ from export import onnx as xonnx
 from export.compare import check_agreement, synthetic_images
 from salad_ros.backends import ModelConfig, create_encoder
 from salad_ros.backends.onnxruntime_backend import OnnxRuntimeEncoder, run_in_batches, select_providers
-from salad_ros.backends.tensorrt_backend import TensorRTUnavailable, import_tensorrt, require_cuda
+from salad_ros.backends.tensorrt_backend import unavailable_reason
 from salad_ros.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,16 +140,9 @@ def test_provider_selection():
         select_providers("cuda", cpu_only, False)
 
 
-def _trt_skip_reason() -> str | None:
-    try:
-        import_tensorrt()
-        require_cuda()
-    except TensorRTUnavailable as exc:
-        return str(exc)
-    return None
 
 
-@pytest.mark.skipif(_trt_skip_reason() is None, reason="tensorrt and CUDA are available here")
+@pytest.mark.skipif(unavailable_reason() is None, reason="tensorrt and CUDA are available here")
 def test_tensorrt_backend_says_why_it_cannot_run(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
@@ -157,7 +150,7 @@ def test_tensorrt_backend_says_why_it_cannot_run(tmp_path):
         create_encoder(ModelConfig(backend="tensorrt", engine=str(engine), **MODEL))
 
 
-@pytest.mark.skipif(_trt_skip_reason() is not None, reason=_trt_skip_reason() or "")
+@pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 def test_tensorrt_backend_refuses_onnx_and_engines_without_metadata(onnx_file, tmp_path):
     cfg = dict(MODEL, device="cuda")
     with pytest.raises(ConfigError, match="takes a built engine"):

@@ -26,12 +26,10 @@ from export import tensorrt as xtrt
 from export.compare import THRESHOLDS, check_agreement, synthetic_images, verification_inputs
 from salad_ros.backends import ModelConfig, check_export_metadata, create_encoder, file_fingerprint
 from salad_ros.backends.tensorrt_backend import (
-    TensorRTUnavailable,
     check_engine_runtime,
-    import_tensorrt,
     read_engine_metadata,
-    require_cuda,
     sidecar_path,
+    unavailable_reason,
 )
 from salad_ros.config import ConfigError
 from salad_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -40,16 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 168
 
 
-def _trt_skip_reason() -> str | None:
-    try:
-        import_tensorrt()
-        require_cuda()
-    except TensorRTUnavailable as exc:
-        return str(exc)
-    return None
 
 
-TRT_SKIP = _trt_skip_reason()
+TRT_SKIP = unavailable_reason()
 needs_trt = pytest.mark.skipif(TRT_SKIP is not None, reason=TRT_SKIP or "")
 
 

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterType
 from rclpy.context import Context
@@ -35,12 +34,6 @@ from salad_ros.settings import SaladConfig
 T0 = 100 * SEC
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
-from rclpy.context import Context
 
 from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, wait_until
 from salad_ros.config import DEFAULT_NODE_NAME
@@ -71,12 +69,6 @@ def stop(proc: subprocess.Popen, sig: int, within: float = 5.0) -> tuple[int, fl
     return proc.returncode, time.monotonic() - t0, out + err
 
 
-@pytest.fixture
-def ctx():
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def test_console_script_end_to_end_then_sigterm_saves(ctx, tmp_path):

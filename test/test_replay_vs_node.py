@@ -18,8 +18,6 @@ import pytest
 import yaml
 
 from _ros_helpers import Collector, Spinner, image_msg, wait_until  # sets the local ROS env first
-import rclpy  # noqa: E402  (after _ros_helpers)
-from rclpy.context import Context  # noqa: E402
 
 from salad_ros.evaluation import demo_bag, replay  # noqa: E402
 from salad_ros.io.bags import BagReader  # noqa: E402
@@ -47,12 +45,6 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def test_replay_and_node_agree(ctx, tmp_path):

@@ -52,6 +52,16 @@ def require_cuda(device: str = "auto") -> torch.device:
     return dev
 
 
+def unavailable_reason() -> str | None:
+    """Why the TensorRT path cannot run on this machine (missing package or GPU), or None."""
+    try:
+        import_tensorrt()
+        require_cuda()
+    except TensorRTUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def gpu_identity(device: torch.device) -> tuple[str, str]:
     """``(GPU name, compute capability)``: what an engine is tied to besides the TensorRT version."""
     major, minor = torch.cuda.get_device_capability(device)
