@@ -177,7 +177,7 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str, known: dict[str
             kwargs[f.name] = check_value(known[name], values[name])
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
-    if callable(validate):
+    if callable(validate) and not hasattr(cls, "__post_init__"):  # check_fields already ran it
         validate()
     return obj
 
@@ -238,10 +238,10 @@ def load_params_yaml(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> di
 def check_fields(obj: Any) -> None:
     """Check every parameter field of a config instance (types, ranges, choices), then its
     ``validate()``. Call from ``__post_init__`` so direct construction is as safe as YAML."""
+    specs = {s.name: s for s in iter_specs(type(obj))}
     for f in dataclasses.fields(obj):
-        if "description" in f.metadata:
-            spec = next(s for s in iter_specs(type(obj)) if s.name == f.name)
-            object.__setattr__(obj, f.name, check_value(spec, getattr(obj, f.name)))
+        if f.name in specs:
+            object.__setattr__(obj, f.name, check_value(specs[f.name], getattr(obj, f.name)))
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
