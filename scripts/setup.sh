@@ -21,6 +21,10 @@ fi
 echo "[setup] installing pinned requirements into $venv (first run takes a few minutes)"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -r "$root/requirements.txt"
-"$venv/bin/python" -m pip install --quiet --no-deps -e "$root"
+# setuptools' editable-install notice is noise here; show the log only if the install fails.
+if ! "$venv/bin/python" -m pip install --quiet --no-deps -e "$root" > "$venv/.salad_ros-install.log" 2>&1; then
+  cat "$venv/.salad_ros-install.log" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 echo "[setup] done"
