@@ -79,7 +79,9 @@ def test_console_script_end_to_end_then_sigterm_saves(ctx, tmp_path):
     col = Collector(NODE, context=ctx, image_topic="/salad_proc/unused")
     try:
         with Spinner(ctx, col):
-            # the publisher waits for the node itself; start it right away to overlap start-ups
+            # Our own subscriptions must be matched before the node publishes (volatile topics keep
+            # nothing for late joiners); the publisher process waits for the node by itself.
+            assert wait_until(lambda: col.count_publishers(f"{NODE}/loop_candidates") > 0, 60), "node not discovered"
             scenes = [0, 1, 2, 3, 0, 1]
             publisher = subprocess.Popen(
                 [sys.executable, str(HERE / "_ros_helpers.py"), "publish", "--topic", "/salad_proc/camera",
@@ -92,7 +94,7 @@ def test_console_script_end_to_end_then_sigterm_saves(ctx, tmp_path):
             stamps = [int(s) for s in out.split(",")]
             assert len(stamps) == len(scenes)
             # candidates on the two revisits, none elsewhere, with the first visits' ids and stamps
-            assert wait_until(lambda: len(col.candidate_rows()) == 2, 10)
+            assert wait_until(lambda: len(col.candidate_rows()) == 2, 20), col.candidate_rows()
             found = dict(col.candidate_rows())
             assert sorted(found) == [stamps[4], stamps[5]]
             for k, first in ((4, 0), (5, 1)):
