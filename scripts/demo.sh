@@ -32,7 +32,7 @@ if [ -n "${WEIGHTS:-}" ]; then
     exit 2
   fi
   results="$out/replay"
-  echo "[demo] model: SALAD checkpoint $WEIGHTS, DINOv2 ViT-B/14 at 322 px, every 2nd frame (about 2 minutes on 2 CPU cores)"
+  echo "[demo] model: SALAD checkpoint $WEIGHTS, DINOv2 ViT-B/14 at 322 px, every 2nd frame (about a minute on 2 idle CPU cores)"
   model=(--weights "$WEIGHTS" --backbone dinov2_vitb14 --image-size 322 --every 2)
 else
   results="$out/replay_random"
