@@ -378,6 +378,13 @@ def _write_atomic(final: Path, produce: Callable[[Callable[[bytes], None]], None
     return {"name": final.name, "size": size, "sha256": digest.hexdigest()}
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: temporary file, fsync, rename, fsync the folder."""
+    path = Path(path)
+    _write_atomic(path, lambda w: w(data))
+    _fsync_dir(path.parent)
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Encoder, create_encoder
-from .database import KeyframeDatabase, Pose
+from .database import KeyframeDatabase, Pose, write_bytes_atomic
 from .detector import FrameResult, LoopDetector
 from .settings import SaladConfig
 
 log = logging.getLogger(__name__)
+
+#: Verification thumbnails saved beside the keyframe database (a cache: the map loads without it).
+THUMBNAILS_FILE = "thumbnails.npz"
 
 
 def database_exists(path: str | Path) -> bool:
@@ -44,6 +47,22 @@ class LoopClosurePipeline:
         else:
             self.database = KeyframeDatabase.from_config(self.encoder.dim, cfg.database, self.encoder.model_name)
         self.detector = LoopDetector(cfg.detector, self.database)
+        if database_exists(path):
+            self._load_thumbnails(Path(path) / THUMBNAILS_FILE)
+
+    def _stamps_by_id(self) -> dict[int, int]:
+        return dict(enumerate(int(s) for s in self.database.stamps_ns()))
+
+    def _load_thumbnails(self, file: Path) -> None:
+        # Without them, geometric verification against the loaded map has nothing to compare with.
+        store = self.detector.thumbnails
+        if store is None or not file.is_file():
+            return
+        try:
+            n = store.load(file, self._stamps_by_id())
+            log.info("loaded %d verification thumbnails from %s", n, file)
+        except ValueError as exc:
+            log.warning("%s; verification against the loaded map follows detector.verify_missing_thumbnail", exc)
 
     def process(
         self, image: np.ndarray, stamp_ns: int, pose: Pose | None = None, frame_id: str = ""
@@ -73,11 +92,17 @@ class LoopClosurePipeline:
         ]
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Save the database (atomically) to ``path`` or the configured ``database_path``."""
+        """Save the database (atomically) to ``path`` or the configured ``database_path``, with the
+        verification thumbnails beside it when verification is on."""
         target = path or self.cfg.node.database_path
         if not target:
             raise ValueError("no database path: set 'database_path' or pass a path")
         self.database.save(target)
+        thumbs = Path(target) / THUMBNAILS_FILE
+        if self.detector.thumbnails is not None:
+            write_bytes_atomic(thumbs, self.detector.thumbnails.to_bytes(self._stamps_by_id()))
+        else:
+            thumbs.unlink(missing_ok=True)  # an older file would describe another state of the map
         return Path(target)
 
     def reset(self) -> None:

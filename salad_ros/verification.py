@@ -13,6 +13,8 @@ by bytes and evicts the oldest keyframes first. This module imports no rclpy.
 from __future__ import annotations
 
 import collections
+import io
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -175,7 +177,9 @@ class ThumbnailStore:
         ok, buf = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise ValueError("could not JPEG-encode the thumbnail")
-        data = buf.tobytes()
+        self._insert(key, buf.tobytes())
+
+    def _insert(self, key: int, data: bytes) -> None:
         self.discard(key)
         self._items[key] = data
         self._bytes += len(data)
@@ -208,6 +212,34 @@ class ThumbnailStore:
     def nbytes(self) -> int:
         """Bytes of encoded thumbnail data held."""
         return self._bytes
+
+    def to_bytes(self, stamps_ns: dict[int, int]) -> bytes:
+        """The store as an npz file: ids, their keyframe stamps (to catch a file that belongs to
+        another map), JPEG sizes and the concatenated JPEG data."""
+        ids = list(self._items)
+        blobs = [self._items[k] for k in ids]
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.array(ids, np.int64), stamps_ns=np.array([stamps_ns[k] for k in ids], np.int64),
+                 sizes=np.array([len(b) for b in blobs], np.int64), data=np.frombuffer(b"".join(blobs), np.uint8))
+        return buf.getvalue()
+
+    def load(self, path: str | os.PathLike[str], stamps_ns: dict[int, int]) -> int:
+        """Add the thumbnails saved in ``path`` whose id and stamp match ``stamps_ns`` (the map they
+        are loaded for); returns how many. A damaged file raises ValueError naming it."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ids, stamps, sizes, data = (z[k] for k in ("ids", "stamps_ns", "sizes", "data"))
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path}: not a thumbnail file ({exc})") from exc
+        ends = np.cumsum(sizes)
+        if not (len(ids) == len(stamps) == len(sizes)) or (len(ends) and ends[-1] != len(data)) or (sizes < 0).any():
+            raise ValueError(f"{path}: inconsistent thumbnail file")
+        loaded = 0
+        for key, stamp, end, size in zip(ids.tolist(), stamps.tolist(), ends.tolist(), sizes.tolist()):
+            if stamps_ns.get(key) == stamp:
+                self._insert(key, data[end - size:end].tobytes())
+                loaded += 1
+        return loaded
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

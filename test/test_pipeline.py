@@ -89,3 +89,40 @@ def test_message_field_helpers():
     assert pose_from_msg(odom) == pose_from_msg(stamped) == Pose(1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0)
     with pytest.raises(TypeError, match="carries no pose"):
         pose_from_msg(_NS(data=1))
+
+
+def test_verification_thumbnails_survive_a_saved_map(tmp_path):
+    """Multi-session with geometric verification: the second session verifies its revisit
+    against the first session's keyframe thumbnails, saved beside the database."""
+    from _db_helpers import textured_scene
+
+    from salad_ros.pipeline import THUMBNAILS_FILE
+
+    scenes = [textured_scene(s, 240, 320) for s in range(3)]
+    path = tmp_path / "map"
+    cfg = load_config(overrides={**SMALL, "database_path": str(path), "detector.verify": True,
+                                 "detector.exclude_recent_keyframes": 0})
+    first = LoopClosurePipeline(cfg)
+    first.process_batch(scenes, [i * 10**9 for i in range(3)])
+    first.save()
+    assert (path / THUMBNAILS_FILE).is_file()
+
+    second = LoopClosurePipeline(cfg, encoder=first.encoder)
+    assert len(second.detector.thumbnails) == 3
+    result = second.process(scenes[1], 100 * 10**9)
+    assert [(c.match_id, c.verified) for c in result.candidates] == [(1, True)]
+    assert result.candidates[0].inliers >= cfg.detector.verify_min_inliers
+
+    # Thumbnails of another map (stamps differ) are not taken for this one.
+    other = tmp_path / "other"
+    third = LoopClosurePipeline(load_config(overrides={**SMALL, "database_path": str(other),
+                                                       "detector.verify": True}), encoder=first.encoder)
+    third.process_batch(scenes, [7 * 10**9 + i for i in range(3)])
+    third.save()
+    (other / THUMBNAILS_FILE).write_bytes((path / THUMBNAILS_FILE).read_bytes())
+    fourth = LoopClosurePipeline(third.cfg, encoder=first.encoder)
+    assert len(fourth.detector.thumbnails) == 0
+
+    # A damaged thumbnail file is a warning, not a refused map.
+    (other / THUMBNAILS_FILE).write_bytes(b"garbage")
+    assert len(LoopClosurePipeline(third.cfg, encoder=first.encoder).database) == 3
