@@ -20,15 +20,6 @@ def fit_height(rgb: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if h > height else cv2.INTER_LINEAR)
 
 
-def thumbnail(rgb: np.ndarray, max_side: int = 160) -> np.ndarray:
-    """A small copy of an image for the debug view's match panel (bounded memory per keyframe)."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale >= 1.0:
-        return rgb.copy()
-    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
 def heat_overlay(rgb: np.ndarray, mass: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Per-patch ``mass [rows, cols]`` as a colour map blended over ``rgb`` (max-normalised).
 

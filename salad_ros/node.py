@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -52,6 +51,7 @@ from .io.table import (
     pack,
 )
 from .settings import SaladConfig
+from .verification import ThumbnailStore
 
 # Parameters every rclpy node may receive that are not ours (not refused as unknown).
 _ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -243,7 +243,11 @@ class LoopClosureNode(Node):
         self._bad_logged: dict[str, float] = {}
         self._poses: collections.deque = collections.deque(maxlen=_POSE_HISTORY)
         self._poses_lock = threading.Lock()
-        self._thumbs: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        # Colour thumbnails for the debug view's match panel (the detector's verification
+        # thumbnails are grey and exist only when verification is on). Bounded by count; the byte
+        # bound (raw size) never binds before it.
+        self._thumbs = ThumbnailStore(_THUMBNAIL_COUNT, _THUMBNAIL_COUNT * 3 * _THUMBNAIL_SIDE**2,
+                                      _THUMBNAIL_SIDE, quality=85, color=True)
         self._db_size = len(self.pipeline.database)
         self._db_memory = self.pipeline.database.memory_bytes()
         self._last_diag = (time.monotonic(), 0, 0)
@@ -411,7 +415,7 @@ class LoopClosureNode(Node):
             latency = time.perf_counter() - t0
             database = self.pipeline.database
             if result.is_keyframe and result.keyframe_id is not None:
-                self._store_thumbnail(result.keyframe_id, frame.rgb)
+                self._thumbs.put(result.keyframe_id, frame.rgb)
             self._db_size = len(database)
         with self._stats_lock:
             self.stats.processed += 1
@@ -461,23 +465,6 @@ class LoopClosureNode(Node):
         msg.data = data
         return msg
 
-    def _store_thumbnail(self, keyframe_id: int, rgb: np.ndarray) -> None:
-        """Colour JPEG thumbnail for the debug view (the detector's verification thumbnails are
-        grey and exist only when verification is on); oldest evicted beyond the bound."""
-        small = debug_image.thumbnail(rgb, _THUMBNAIL_SIDE)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
-            self._thumbs[keyframe_id] = buf.tobytes()
-            while len(self._thumbs) > _THUMBNAIL_COUNT:
-                self._thumbs.popitem(last=False)
-
-    def _thumbnail(self, keyframe_id: int) -> np.ndarray | None:
-        data = self._thumbs.get(keyframe_id)
-        if data is None:
-            return None
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
     def _publish_debug(self, frame: _Frame, result: Any) -> None:
         try:
             mass = self.pipeline.encoder.heatmap(frame.rgb)  # a second forward pass: only on demand
@@ -485,7 +472,7 @@ class LoopClosureNode(Node):
             mass = None
         best = min(result.candidates, key=lambda c: c.rank) if result.candidates else None
         with self._pipeline_lock:
-            match = self._thumbnail(best.match_id) if best is not None else None
+            match = self._thumbs.get(best.match_id) if best is not None else None
         view = debug_image.compose(
             frame.rgb, match=match, mass=mass,
             query_id=result.keyframe_id if result.is_keyframe else None,

@@ -51,15 +51,16 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {img.shape}")
 
 
-def make_thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Grey copy of ``image`` whose longer side is at most ``max_side`` pixels."""
-    gray = to_gray(image)
-    h, w = gray.shape
+def make_thumbnail(image: np.ndarray, max_side: int, color: bool = False) -> np.ndarray:
+    """Copy of ``image`` whose longer side is at most ``max_side`` pixels: grey, or with
+    ``color`` the RGB image as given."""
+    img = np.asarray(image) if color else to_gray(image)
+    h, w = img.shape[:2]
     scale = max_side / max(h, w)
     if scale >= 1.0:
-        return gray.copy()
+        return img.copy()
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # INTER_AREA: no aliasing
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)  # INTER_AREA: no aliasing
 
 
 @dataclass(frozen=True)
@@ -153,27 +154,31 @@ class GeometricVerifier:
 
 
 class ThumbnailStore:
-    """Bounded id -> grey thumbnail store (JPEG in memory), evicting the oldest first.
+    """Bounded id -> thumbnail store (JPEG in memory), evicting the oldest first.
 
-    Oldest-first eviction loses the earliest places first; size ``max_bytes`` for the map
+    Grey by default (what feature matching needs); ``color=True`` keeps RGB (the node's debug
+    view). Oldest-first eviction loses the earliest places first; size ``max_bytes`` for the map
     length you need (see :meth:`nbytes` for the actual use).
     """
 
     def __init__(self, max_count: int, max_bytes: int, max_side: int = 320,
-                 quality: int = THUMBNAIL_JPEG_QUALITY) -> None:
+                 quality: int = THUMBNAIL_JPEG_QUALITY, color: bool = False) -> None:
         if max_count < 1 or max_bytes < 1 or max_side < 8:
             raise ValueError("ThumbnailStore needs max_count >= 1, max_bytes >= 1 and max_side >= 8")
         self.max_count = int(max_count)
         self.max_bytes = int(max_bytes)
         self.max_side = int(max_side)
         self.quality = int(quality)
+        self.color = bool(color)
         self._items: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._bytes = 0
         self.evicted = 0  #: thumbnails dropped so far to stay within the bounds
 
     def put(self, key: int, image: np.ndarray) -> None:
         """Store a thumbnail of ``image`` under ``key`` (replacing any previous one)."""
-        thumb = make_thumbnail(image, self.max_side)
+        thumb = make_thumbnail(image, self.max_side, self.color)
+        if self.color:
+            thumb = cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR)  # what imencode expects
         ok, buf = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise ValueError("could not JPEG-encode the thumbnail")
@@ -192,11 +197,15 @@ class ThumbnailStore:
             self.evicted += 1
 
     def get(self, key: int) -> np.ndarray | None:
-        """The grey thumbnail stored under ``key``, or None when absent or evicted."""
+        """The thumbnail stored under ``key`` (grey, or RGB with ``color``), or None when absent
+        or evicted."""
         data = self._items.get(key)
         if data is None:
             return None
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if not self.color:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def discard(self, key: int) -> None:
         """Remove ``key`` if present."""

@@ -88,6 +88,18 @@ def test_thumbnail_store_bounded_by_count() -> None:
     assert np.mean(np.abs(got.astype(int) - make_thumbnail(img, 64).astype(int))) < 6
 
 
+def test_colour_thumbnail_store_keeps_rgb() -> None:
+    store = ThumbnailStore(max_count=2, max_bytes=1 << 30, max_side=64, quality=85, color=True)
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[..., 0] = 200  # pure red: a channel swap would show up as blue
+    for i in range(3):
+        store.put(i, img)
+    assert store.get(0) is None and len(store) == 2
+    got = store.get(2)
+    assert got.shape == (48, 64, 3)
+    assert np.abs(got.astype(int) - make_thumbnail(img, 64, color=True).astype(int)).mean() < 4
+
+
 def test_thumbnail_store_bounded_by_bytes() -> None:
     img = textured_scene(2, 480, 640)
     one = ThumbnailStore(10, 1 << 30, 320)
