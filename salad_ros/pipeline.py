@@ -44,11 +44,10 @@ class LoopClosurePipeline:
                 path, expected_dim=self.encoder.dim, expected_model=self.encoder.model_name, config=cfg.database
             )
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
-        else:
-            self.database = KeyframeDatabase.from_config(self.encoder.dim, cfg.database, self.encoder.model_name)
-        self.detector = LoopDetector(cfg.detector, self.database)
-        if database_exists(path):
+            self.detector = LoopDetector(cfg.detector, self.database)
             self._load_thumbnails(Path(path) / THUMBNAILS_FILE)
+        else:
+            self.reset()
 
     def _stamps_by_id(self) -> dict[int, int]:
         return dict(enumerate(int(s) for s in self.database.stamps_ns()))
