@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from salad_ros.backends import file_fingerprint
-from salad_ros.backends.onnxruntime_backend import INPUT_NAME, OUTPUT_NAME, run_in_batches
+from salad_ros.backends.contract import INPUT_NAME, OUTPUT_NAME, run_in_batches
 from salad_ros.model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, VARIANTS, DinoSalad, load_model, variant_dims
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs

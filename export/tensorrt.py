@@ -33,8 +33,8 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from salad_ros.backends import EXPORT_METADATA_KEYS, file_fingerprint
-from salad_ros.backends.onnxruntime_backend import INPUT_NAME, OUTPUT_NAME, default_cache_dir, read_onnx_metadata, run_in_batches
+from salad_ros.backends import file_fingerprint
+from salad_ros.backends.contract import EXPORT_METADATA_KEYS, INPUT_NAME, OUTPUT_NAME, default_cache_dir, read_onnx_metadata, run_in_batches
 from salad_ros.backends.tensorrt_backend import (
     TensorRTRunner,
     TensorRTUnavailable,

@@ -32,6 +32,11 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the parameter."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (for start-up errors and service replies)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """One flat parameter: dotted name, python type, default and documentation."""

@@ -20,8 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -40,9 +37,9 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from . import debug_image
-from .backends import Encoder, create_encoder
-from .config import DEFAULT_NODE_NAME, ConfigError, ParamSpec, check_value, from_flat_dict, iter_specs
-from .io.images import ERROR_KINDS, ImageDecodeError, msg_to_rgb, rgb_to_raw
+from .backends import Encoder, check_weights_file, create_encoder
+from .config import DEFAULT_NODE_NAME, ConfigError, one_line
+from .io.images import ImageDecodeError, msg_to_rgb, rgb_to_raw
 from .io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
 from .io.table import (
     CANDIDATE_COLUMNS,
@@ -50,16 +47,15 @@ from .io.table import (
     make_rows,
     pack,
 )
+from .io.trajectory import Trajectory
+from .node_state import LatestFrameSlot, NodeStats, rss_bytes
+from .ros_params import declare_config
 from .settings import SaladConfig
 from .verification import ThumbnailStore
 
-# Parameters every rclpy node may receive that are not ours (not refused as unknown).
-_ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 # Colour JPEG thumbnails of keyframes for the debug view's match panel (count-bounded).
 _THUMBNAIL_COUNT = 1024
 _THUMBNAIL_SIDE = 160
-# Window of recent frames for the latency statistics in /diagnostics.
-_LATENCY_WINDOW = 200
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
 # Poses kept for stamp lookup (odometry at 100 Hz covers 2.5 s).
@@ -87,63 +83,7 @@ class StartupError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Parameters
-
-
-def _ros_type(spec: ParamSpec) -> int:
-    """ParameterType constant of a spec (arrays typed by their default's elements)."""
-    if spec.type is bool:
-        return ParameterType.PARAMETER_BOOL
-    if spec.type is int:
-        return ParameterType.PARAMETER_INTEGER
-    if spec.type is float:
-        return ParameterType.PARAMETER_DOUBLE
-    if spec.type is str:
-        return ParameterType.PARAMETER_STRING
-    elem = _list_element_type(spec)
-    return {
-        bool: ParameterType.PARAMETER_BOOL_ARRAY, int: ParameterType.PARAMETER_INTEGER_ARRAY,
-        float: ParameterType.PARAMETER_DOUBLE_ARRAY, str: ParameterType.PARAMETER_STRING_ARRAY,
-    }[elem]
-
-
-def _list_element_type(spec: ParamSpec) -> type:
-    default = list(spec.default)
-    return type(default[0]) if default else str
-
-
-def _ros_value(spec: ParamSpec, value: Any) -> Any:
-    """``value`` (already checked) in the exact Python type rclpy wants for the declared type."""
-    if spec.type is list:
-        elem = _list_element_type(spec)
-        return [elem(v) for v in value]
-    return value
-
-
-def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """ROS descriptor of a config spec: type, description, range, choices; read-only because
-    the pipeline is built once from the values at start-up."""
-    desc = spec.description
-    if spec.choices:
-        desc += f" (one of: {', '.join(spec.choices)})"
-    d = ParameterDescriptor(description=desc, type=_ros_type(spec), read_only=True)
-    if spec.choices:
-        d.additional_constraints = "one of: " + ", ".join(spec.choices)
-    if spec.range is not None and spec.type is float:
-        lo, hi = (max(min(float(v), sys.float_info.max), -sys.float_info.max) for v in spec.range)
-        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-    elif spec.range is not None and spec.type is int:
-        lo, hi = (int(max(min(v, 2**63 - 1), -(2**63))) for v in spec.range)
-        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
-    return d
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# Frame hand-over and statistics
+# Frame hand-over
 
 
 @dataclass
@@ -152,67 +92,6 @@ class _Frame:
     header: Header
     stamp_ns: int
     received: float  # time.monotonic() at the callback
-
-
-class LatestFrameSlot:
-    """One-slot hand-over from the executor to the worker: a new frame replaces an untaken one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        """Store ``item``; True when it replaced a frame the worker never took (a drop)."""
-        with self._cond:
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> Any:
-        """The newest frame, waiting for one; None once closed (or on timeout)."""
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-@dataclass
-class NodeStats:
-    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
-    failed: int = 0
-    bad: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
-    keyframes_published: int = 0
-    candidate_messages: int = 0
-    candidates: int = 0
-    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_LATENCY_WINDOW))
-
-    def snapshot(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["latencies"] = list(self.latencies)
-        return d
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,57 +165,31 @@ class LoopClosureNode(Node):
     # -- start-up ---------------------------------------------------------------------------
 
     def _declare_parameters(self) -> SaladConfig:
-        """Declare every config parameter with its descriptor and build the config from them.
-
-        Values from the command line / params file are checked with the config's own checker
-        first, so the error names the parameter exactly as offline tools do and an integer given
-        for a float parameter is accepted (rclpy alone would refuse it with a type error).
-        """
-        specs = iter_specs(SaladConfig)
-        known = {s.name for s in specs}
-        # rclpy keeps the overrides (params files, -p, parameter_overrides) in this attribute.
-        overrides: dict[str, Any] = {n: p.value for n, p in getattr(self, "_parameter_overrides", {}).items()}
-        unknown = sorted(n for n in overrides
-                         if n not in known and n not in _ROS_OWN_PARAMETERS and not n.startswith("qos_overrides."))
-        if unknown:
-            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise StartupError(f"unknown parameter '{unknown[0]}'{more}")
-        values: dict[str, Any] = {}
+        """Declare every config parameter (see :mod:`salad_ros.ros_params`) and build the config."""
         try:
-            for spec in specs:
-                value = check_value(spec, overrides[spec.name]) if spec.name in overrides else spec.default
-                try:
-                    self.declare_parameter(spec.name, _ros_value(spec, value), parameter_descriptor(spec),
-                                           ignore_override=True)
-                except (ParameterException, TypeError, ValueError) as exc:
-                    raise ConfigError(f"parameter '{spec.name}': {_one_line(exc)}") from exc
-                values[spec.name] = self.get_parameter(spec.name).value
-            return from_flat_dict(SaladConfig, values)
+            return declare_config(self, SaladConfig)
         except ConfigError as exc:
-            raise StartupError(_one_line(exc)) from exc
+            raise StartupError(one_line(exc)) from exc
 
     def _build_pipeline(self, encoder: Encoder | None) -> None:
         from .pipeline import LoopClosurePipeline  # after the config is valid: imports torch
 
-        model = self.cfg.model
-        if model.backend == "torch":
-            if model.weights and not model.weights.startswith("hub") and not Path(model.weights).is_file():
-                if not model.allow_random_weights:
-                    raise StartupError(f"parameter 'weights': file not found: {model.weights}")
-                self.get_logger().warning(f"parameter 'weights': file not found: {model.weights}")
-                model = dataclasses.replace(model, weights="")
-                self.cfg = dataclasses.replace(self.cfg, model=model)
+        try:
+            model = check_weights_file(self.cfg.model)
+        except ConfigError as exc:
+            raise StartupError(one_line(exc)) from exc
+        self.cfg = dataclasses.replace(self.cfg, model=model)
         if encoder is None:
             try:
                 encoder = create_encoder(model)
             except ConfigError as exc:
-                raise StartupError(_one_line(exc)) from exc
+                raise StartupError(one_line(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - checkpoint/engine problems: one clear line
                 what = "weights" if model.backend == "torch" else "engine"
-                raise StartupError(f"parameter '{what}': {_one_line(exc)}") from exc
+                raise StartupError(f"parameter '{what}': {one_line(exc)}") from exc
         # The descriptor identity says it for every backend (an ONNX/engine file exported from
         # random weights carries the same '/random' fingerprint).
-        self.random_weights = encoder.model_name.endswith("/random")
+        self.random_weights = encoder.random_weights
         if self.random_weights:
             for line in ("*" * 72,
                          "RANDOM WEIGHTS: no trained weights (empty 'weights', or a file exported from random ones).",
@@ -346,9 +199,9 @@ class LoopClosureNode(Node):
         try:
             self.pipeline = LoopClosurePipeline(self.cfg, encoder=encoder)
         except ConfigError as exc:
-            raise StartupError(_one_line(exc)) from exc
+            raise StartupError(one_line(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - e.g. a database saved by another model
-            raise StartupError(f"parameter 'database_path': {_one_line(exc)}") from exc
+            raise StartupError(f"parameter 'database_path': {one_line(exc)}") from exc
 
     # -- input (executor thread) -------------------------------------------------------------
 
@@ -386,10 +239,11 @@ class LoopClosureNode(Node):
     def _pose_at(self, stamp_ns: int) -> Any:
         """The pose nearest to ``stamp_ns`` within ``pose_tolerance``, else None."""
         with self._poses_lock:
-            if not self._poses:
-                return None
-            t, pose = min(self._poses, key=lambda tp: abs(tp[0] - stamp_ns))
-        return pose if abs(t - stamp_ns) <= self.cfg.node.pose_tolerance * 1e9 else None
+            history = list(self._poses)
+        if not history:
+            return None
+        stamps, poses = zip(*history)
+        return Trajectory.from_poses(stamps, poses).lookup([stamp_ns], int(self.cfg.node.pose_tolerance * 1e9))[0]
 
     # -- worker thread -----------------------------------------------------------------------
 
@@ -404,7 +258,7 @@ class LoopClosureNode(Node):
                 with self._stats_lock:
                     self.stats.failed += 1
                 if self.context.ok():
-                    self.get_logger().error(f"processing a frame failed: {type(exc).__name__}: {_one_line(exc)}",
+                    self.get_logger().error(f"processing a frame failed: {type(exc).__name__}: {one_line(exc)}",
                                             throttle_duration_sec=10.0)
 
     def _process(self, frame: _Frame) -> None:
@@ -497,7 +351,7 @@ class LoopClosureNode(Node):
                 n = len(self.pipeline.database)
                 self.pipeline.save(path)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
-            response.success, response.message = False, f"saving to {path} failed: {_one_line(exc)}"
+            response.success, response.message = False, f"saving to {path} failed: {one_line(exc)}"
             self.get_logger().error(response.message)
             return response
         response.success, response.message = True, f"saved {n} keyframes to {path}"
@@ -588,7 +442,7 @@ class LoopClosureNode(Node):
                 path = self.pipeline.save()
                 self._log("info", f"saved {n} keyframes to {path}")
             except Exception as exc:  # noqa: BLE001 - report and still exit
-                self._log("error", f"saving the database failed: {_one_line(exc)}")
+                self._log("error", f"saving the database failed: {one_line(exc)}")
             finally:
                 self._pipeline_lock.release()
 

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper
 from export import onnx as xonnx
 from export.compare import check_agreement, synthetic_images
 from salad_ros.backends import ModelConfig, create_encoder
-from salad_ros.backends.onnxruntime_backend import OnnxRuntimeEncoder, run_in_batches, select_providers
+from salad_ros.backends.contract import run_in_batches
+from salad_ros.backends.onnxruntime_backend import OnnxRuntimeEncoder, select_providers
 from salad_ros.backends.tensorrt_backend import unavailable_reason
 from salad_ros.config import ConfigError
 

@@ -9,55 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import ConfigError
 from ..model import preprocess
-from . import Encoder, ModelConfig, check_export_metadata, l2_normalize
+from ..descriptors import l2_normalize
+from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_metadata, run_in_batches
+from .encoder import Encoder
+from .model_config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "images"
-OUTPUT_NAME = "descriptors"
-
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
-def run_in_batches(
-    x: ArrayT, fn: Callable[[ArrayT], ArrayT], fixed_batch: int | None, max_batch: int | None = None
-) -> ArrayT:
-    """Apply ``fn`` to ``x`` in chunks along the batch axis and concatenate the results.
-
-    A model exported with a static batch ``fixed_batch`` only accepts exactly that many images,
-    so the last chunk is padded by repeating its last image and the extra rows are dropped.
-    """
-    n = x.shape[0]
-    step = fixed_batch or max_batch or n
-    is_torch = isinstance(x, torch.Tensor)
-    outs = []
-    for start in range(0, n, step):
-        chunk = x[start:start + step]
-        real = chunk.shape[0]
-        if fixed_batch and real < fixed_batch:
-            pad = chunk[-1:].repeat(fixed_batch - real, *([1] * (chunk.dim() - 1))) if is_torch else \
-                np.repeat(chunk[-1:], fixed_batch - real, axis=0)
-            chunk = torch.cat([chunk, pad]) if is_torch else np.concatenate([chunk, pad])
-        outs.append(fn(chunk)[:real])
-    return torch.cat(outs) if is_torch else np.concatenate(outs)
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, read without loading its weights."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def _cuda_index(device: str) -> int:
@@ -90,12 +55,6 @@ def select_providers(
             f"(available: {', '.join(available)}); install onnxruntime-gpu or use device: cpu"
         )
     return [*gpu, "CPUExecutionProvider"]
-
-
-def default_cache_dir(kind: str) -> Path:
-    """Per-user cache directory for compiled engines (``$SALAD_ROS_CACHE`` or ~/.cache/salad_ros)."""
-    root = os.environ.get("SALAD_ROS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "salad_ros"
-    return Path(root) / kind
 
 
 class OnnxRuntimeEncoder(Encoder):

@@ -21,8 +21,10 @@ import torch
 
 from ..config import ConfigError
 from ..model import preprocess, resolve_device
-from . import Encoder, ModelConfig, check_export_metadata, l2_normalize
-from .onnxruntime_backend import INPUT_NAME, OUTPUT_NAME, run_in_batches
+from ..descriptors import l2_normalize
+from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, run_in_batches
+from .encoder import Encoder
+from .model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 

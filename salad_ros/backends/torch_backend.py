@@ -10,7 +10,10 @@ import torch
 
 from ..config import ConfigError
 from ..model import load_model, preprocess, resolve_device, variant_dims
-from . import Encoder, ModelConfig, file_fingerprint, l2_normalize
+from ..descriptors import l2_normalize
+from ..fileio import file_fingerprint
+from .encoder import Encoder
+from .model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
