@@ -25,7 +25,6 @@ from salad_ros.ros_env import ensure_local_ros_env  # noqa: E402
 
 ensure_local_ros_env()
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -35,6 +34,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
 
+from _scenes import scene  # noqa: E402,F401 - re-exported for the node tests and benchmarks
 from salad_ros.io.images import rgb_to_jpeg, rgb_to_raw  # noqa: E402
 from salad_ros.io.messages import ns_to_sec_nanosec, stamp_to_ns  # noqa: E402
 from salad_ros.io.table import cloud_to_table  # noqa: E402
@@ -55,22 +55,6 @@ TEST_DETECTOR = {
 }
 #: The small model every node test uses.
 TEST_MODEL = {"backbone": "dinov2_vits14", "image_size": 224, "allow_random_weights": True, "device": "cpu"}
-
-
-def scene(i: int, h: int = 240, w: int = 320) -> np.ndarray:
-    """A synthetic RGB 'place' number ``i``: colour field, shapes and texture, same for same ``i``."""
-    rng = np.random.default_rng(1000 + i)
-    small = rng.integers(0, 256, (int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3)).astype(np.uint8)
-    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    for _ in range(int(rng.integers(5, 15))):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        if rng.random() < 0.5:
-            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(10, 120)), y0 + int(rng.integers(10, 120))), c, -1)
-        else:
-            cv2.circle(img, (x0, y0), int(rng.integers(5, 60)), c, -1)
-    noise = rng.integers(0, 40, (h, w, 1)).astype(np.uint8)
-    return cv2.add(img, np.repeat(noise, 3, axis=2))
 
 
 def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8") -> Image:

@@ -23,12 +23,12 @@ from std_srvs.srv import Trigger
 
 from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, compressed_msg, image_msg, \
     publish_sequence, scene, wait_until
-from salad_ros import debug_image
 from salad_ros.config import iter_specs
 from salad_ros.database import KeyframeDatabase
 from salad_ros.io.messages import ns_to_sec_nanosec
 from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, cloud_to_table, make_rows, pack, unpack
-from salad_ros.node import LoopClosureNode, StartupError, rss_bytes
+from salad_ros.node import LoopClosureNode, StartupError
+from salad_ros.node_state import rss_bytes
 from salad_ros.settings import SaladConfig
 
 T0 = 100 * SEC
@@ -90,20 +90,6 @@ def test_candidate_table_round_trip_through_pointcloud2():
         unpack(fields, step, data[:-1], 2)
     kf = make_rows(KEYFRAME_COLUMNS, [{"keyframe_id": 3, "stamp_sec": 5, "stamp_nanosec": 6}])
     assert pack(KEYFRAME_COLUMNS, kf)[1] == 12
-
-
-def test_debug_view_layout():
-    q, m = scene(0), scene(1)[:120]  # match of a different size and aspect
-    mass = np.zeros((16, 16), np.float32)
-    mass[4:8, 4:8] = 1.0
-    out = debug_image.compose(q, match=m, mass=mass, query_id=5, match_id=1, score=0.93, height=120)
-    assert out.dtype == np.uint8 and out.shape[0] == 120 + 22 and out.shape[2] == 3
-    assert out.shape[1] == 160 + 160 + 320  # 4:3 query twice, 8:3 match
-    heat = out[22:, 160:320].astype(int)
-    # the hot block (rows/cols 4-8 of 16) is redder than a cold corner
-    assert heat[40, 40, 0] - heat[40, 40, 2] > heat[5, 5, 0] - heat[5, 5, 2]
-    blank = debug_image.compose(q, height=60)  # no candidate, no heat map: same layout
-    assert blank.shape[0] == 82 and blank.shape[1] == 80 * 3
 
 
 # ---------------------------------------------------------------------------------------------
