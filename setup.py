@@ -5,11 +5,17 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "salad_ros"
+#: Installed name -> repository folder of the offline tool packages.
+TOOL_PACKAGES = {f"{PACKAGE}_training": "training", f"{PACKAGE}_export": "export"}
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*", "export", "export.*"]),
+    # training/ and export/ stay top-level folders of the repository (``python -m training.train``
+    # there), but install under prefixed names: a top-level ``training`` or ``export`` package in
+    # site-packages would clash with other projects.
+    packages=[*find_packages(include=[PACKAGE, f"{PACKAGE}.*"]), *TOOL_PACKAGES],
+    package_dir={name: folder for name, folder in TOOL_PACKAGES.items()},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -30,10 +36,10 @@ setup(
             "loop_closure_node = salad_ros.node:main",
             "salad_replay = salad_ros.evaluation.replay:main",
             "salad_demo_bag = salad_ros.evaluation.demo_bag:main",
-            "salad_train = training.train:main",
-            "salad_evaluate = training.evaluate:main",
-            "salad_export_onnx = export.onnx:main",
-            "salad_export_tensorrt = export.tensorrt:main",
+            "salad_train = salad_ros_training.train:main",
+            "salad_evaluate = salad_ros_training.evaluate:main",
+            "salad_export_onnx = salad_ros_export.onnx:main",
+            "salad_export_tensorrt = salad_ros_export.tensorrt:main",
         ],
     },
 )
