@@ -9,7 +9,8 @@ Per frame, :meth:`LoopDetector.process` runs, in this order:
    similarity to the last keyframe's descriptor below ``keyframe_max_similarity``.
 2. **Search** (keyframes only), before inserting the frame: top ``top_k`` keyframes, skipping
    the ``exclude_recent_keyframes`` newest, those within ``exclude_recent_s`` of this frame
-   and, with poses, those within ``exclude_radius_m`` of it ("I was just here" is no loop).
+   and, with poses, those within ``exclude_radius_m`` of it ("I was just here" is no loop;
+   the rule is :mod:`salad_ros.exclusions`, which the evaluation's ground truth shares).
    These raw results are returned as ``FrameResult.matches`` for offline evaluation.
 3. **Threshold**: a match needs cosine similarity >= ``min_score``.
 4. **Temporal consistency** (``consistency_count`` = c; c = 1 turns it off): a match is kept
@@ -35,7 +36,10 @@ import numpy as np
 
 from salad_ros import config as cfgmod
 from salad_ros.config import ConfigError, param
-from salad_ros.database import KeyframeDatabase, Pose, rotation_angle, translation_distance
+from salad_ros.database import KeyframeDatabase
+from salad_ros.descriptors import l2_normalize
+from salad_ros.exclusions import SearchExclusions
+from salad_ros.geometry import Pose, rotation_angle, translation_distance
 from salad_ros.verification import FEATURES, Features, GeometricVerifier, ThumbnailStore, make_thumbnail, sift_available
 
 _PREFIX = "detector."
@@ -189,12 +193,12 @@ class LoopDetector:
         if not is_kf:
             return FrameResult(stamp_ns, False, None, reason)
 
+        ex = SearchExclusions.from_detector(cfg)
         ids, stamps, scores = self.database.search(
-            desc[None], cfg.top_k, exclude_recent=cfg.exclude_recent_keyframes,
-            exclude_within_ns=int(round(cfg.exclude_recent_s * 1e9)), query_stamps_ns=[stamp_ns],
-            query_poses=[pose], exclude_radius=cfg.exclude_radius_m)
+            desc[None], cfg.top_k, exclude_recent=ex.recent, exclude_within_ns=ex.within_ns,
+            query_stamps_ns=[stamp_ns], query_poses=[pose], exclude_radius=ex.radius_m)
         matches = [Match(int(i), int(s), float(c), r)
-                   for r, (i, s, c) in enumerate(zip(ids[0], stamps[0], scores[0])) if i >= 0]
+                   for r, (i, s, c) in enumerate(zip(ids[0], stamps[0], scores[0], strict=True)) if i >= 0]
         passing = [m for m in matches if m.score >= cfg.min_score]
         streaks = self._update_chains(passing)
 
@@ -231,7 +235,7 @@ class LoopDetector:
         norm = float(np.linalg.norm(d))
         if not math.isfinite(norm) or norm == 0.0:
             raise ValueError("descriptor is all-zero or not finite")
-        return d / norm
+        return l2_normalize(d)
 
     def _keyframe_decision(self, desc: np.ndarray, stamp_ns: int, pose: Pose | None) -> tuple[bool, str]:
         cfg = self.config

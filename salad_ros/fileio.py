@@ -2,7 +2,8 @@
 
 * :func:`write_atomic` / :func:`write_bytes_atomic`: write a temporary file next to the target,
   fsync it, rename it over the target (readers see the old or the new file, never a part);
-* :func:`move_into_place`: rename a finished file over its target and fsync the folder;
+* :func:`move_into_place`: commit a finished file (fsync, rename over the target, fsync the
+  folder);
 * :func:`sha256_file` (full hex digest) and :func:`file_fingerprint` (the short content hash
   that names a weights file in a model name);
 * :func:`dir_lock`: one writer per directory at a time (flock on ``<dir>/.lock``).
@@ -76,9 +77,12 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def move_into_place(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Rename the finished file ``src`` over ``dst`` (same folder) and fsync the folder."""
-    dst = Path(dst)
-    _replace(Path(src), dst)
+    """Commit the finished file ``src`` as ``dst`` (same folder): fsync it, rename it over
+    ``dst``, fsync the folder. For files written by other libraries (e.g. ``onnx.save``)."""
+    src, dst = Path(src), Path(dst)
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    _replace(src, dst)
     fsync_dir(dst.parent)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from salad_ros import config as cfgmod
 from salad_ros import database as dbmod
+from salad_ros import fileio
 from salad_ros.config import ConfigError
 from salad_ros.database import (
     DatabaseConfig,
@@ -24,6 +25,7 @@ from salad_ros.database import (
     Pose,
     choose_device,
     rotation_angle,
+    storage,
     translation_distance,
 )
 
@@ -85,7 +87,7 @@ def test_fp16_flat_is_close_to_exact_and_half_the_memory() -> None:
     ids16, _, s16 = half.search(q, 10)
     np.testing.assert_allclose(s16, s32, atol=2e-3)
     want, _ = brute_force(x, q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids16, want)]) >= 0.95
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids16, want, strict=True)]) >= 0.95
     assert half.memory_report()["index"] == exact.memory_report()["index"] // 2
 
 
@@ -99,7 +101,7 @@ def test_hnsw_recall_at_10_on_random_unit_vectors() -> None:
     hnsw.add(x, np.arange(20000))
     f_ids, _, _ = flat.search(q, 10)
     h_ids, _, h_scores = hnsw.search(q, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(h_ids, f_ids)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(h_ids, f_ids, strict=True)])
     assert recall >= 0.95, recall
     assert np.all(np.diff(h_scores, axis=1) <= 0)
     assert "IndexHNSWFlat" in hnsw.describe()
@@ -259,7 +261,7 @@ def test_save_load_round_trip(tmp_path: Path, kind: str, fp16: bool, extra: dict
     db.save(tmp_path / "db")
     loaded = KeyframeDatabase.load(tmp_path / "db", expected_dim=32, expected_model="test-model")
     after = loaded.search(q, 7, exclude_recent=3)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(loaded) == 400 and loaded.trained == db.trained and loaded.config == db.config
     for i in (0, 1, 399):
@@ -295,7 +297,8 @@ def _refused(d: Path, match: str, **kw) -> None:
 def test_load_refuses_file_truncated_by_one_byte(tmp_path: Path, victim: str) -> None:
     d = tmp_path / "db"
     filled(100)[0].save(d)
-    path = d / ("manifest.json" if victim == "manifest" else json.loads((d / "manifest.json").read_text())["files"][victim]["name"])
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    path = d / ("manifest.json" if victim == "manifest" else files[victim]["name"])
     path.write_bytes(path.read_bytes()[:-1])
     _refused(d, "truncated|damaged")
 
@@ -346,13 +349,13 @@ def test_failure_inside_the_write_keeps_previous_database(tmp_path: Path, monkey
         write(b"\0" * 1000)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(dbmod, "_write_faiss_index", half_then_fail)
+    monkeypatch.setattr(storage, "_write_faiss_index", half_then_fail)
     with pytest.raises(OSError, match="simulated"):
         db.save(d)
     monkeypatch.undo()
     reloaded = KeyframeDatabase.load(d)
     assert len(reloaded) == 100
-    for a, b in zip(good, reloaded.search(q, 5)):
+    for a, b in zip(good, reloaded.search(q, 5), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not [p for p in d.iterdir() if ".tmp" in p.name or "000002" in p.name]
     db.save(d)  # and the next save works
@@ -364,14 +367,14 @@ def test_failure_when_committing_manifest_keeps_previous(tmp_path: Path, monkeyp
     db, x = filled(100)
     db.save(d)
     db.add(x[:10], np.arange(10) + 10**12)
-    real = dbmod._replace
+    real = fileio._replace
 
     def fail_on_manifest(src: Path, dst: Path) -> None:
         if dst.name == "manifest.json":
             raise OSError("power cut (simulated)")
         real(src, dst)
 
-    monkeypatch.setattr(dbmod, "_replace", fail_on_manifest)
+    monkeypatch.setattr(fileio, "_replace", fail_on_manifest)
     with pytest.raises(OSError):
         db.save(d)
     monkeypatch.undo()
@@ -386,16 +389,16 @@ def test_process_killed_mid_save_leaves_previous_loadable(tmp_path: Path) -> Non
     good = db.search(q, 5)
     script = textwrap.dedent(f"""
         import os, numpy as np
-        from salad_ros import database as dbmod
-        db = dbmod.KeyframeDatabase.load({str(d)!r})
+        from salad_ros.database import KeyframeDatabase, storage
+        db = KeyframeDatabase.load({str(d)!r})
         db.add(np.ones((5, 64), np.float32), np.arange(5) + 10**12)
-        real = dbmod._write_faiss_index
+        real = storage._write_faiss_index
         def dying(index, write):
             def w(chunk):
                 write(chunk[: len(chunk) // 2])
                 os._exit(9)   # killed in the middle of writing the index
             real(index, w)
-        dbmod._write_faiss_index = dying
+        storage._write_faiss_index = dying
         db.save({str(d)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120,
@@ -403,7 +406,7 @@ def test_process_killed_mid_save_leaves_previous_loadable(tmp_path: Path) -> Non
     assert proc.returncode == 9, proc.stderr.decode()
     assert any(".tmp" in p.name for p in d.iterdir())  # the dead process left its temporary file
     reloaded = KeyframeDatabase.load(d)
-    for a, b in zip(good, reloaded.search(q, 5)):
+    for a, b in zip(good, reloaded.search(q, 5), strict=True):
         np.testing.assert_array_equal(a, b)
     reloaded.save(d)  # the next save cleans the leftovers
     assert not any(".tmp" in p.name for p in d.iterdir())

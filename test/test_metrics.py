@@ -1,13 +1,16 @@
-"""Loop-closure metrics on hand-computed cases, and the ground-truth exclusion rule against the
-keyframe database's own search exclusions. Pure numpy: no model."""
+"""Loop-closure metrics on hand-computed cases, and the one search-exclusion rule
+(salad_ros.exclusions) as the ground truth and the keyframe database apply it. No model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from salad_ros.database import KeyframeDatabase, Pose
+from salad_ros.database import KeyframeDatabase
+from salad_ros.detector import DetectorConfig
 from salad_ros.evaluation import metrics as M
+from salad_ros.exclusions import SearchExclusions, eligible
+from salad_ros.geometry import Pose
 
 SEC = 1_000_000_000
 
@@ -92,23 +95,49 @@ def test_yaw_condition_wraps_around():
     assert np.argwhere(truth).tolist() == [[1, 0]]
 
 
-@pytest.mark.parametrize("recent,window_s,radius", [(0, 0.0, 0.0), (3, 0.0, 0.0), (0, 25.0, 0.0), (2, 12.0, 3.0)])
+@pytest.mark.parametrize("recent,window_s,radius", [(0, 0.0, 0.0), (3, 0.0, 0.0), (0, 25.0, 0.0), (2, 12.0, 3.0),
+                                                    (0, 0.0, 6.0)])
 def test_eligibility_is_the_databases_exclusion_rule(recent, window_s, radius):
     """For every query, the keyframes the database search may return (k = all) are exactly the
-    row of eligible_matrix: the ground truth uses the detector's own exclusion window."""
+    row of eligible_matrix: both apply salad_ros.exclusions.eligible, and the ground truth uses
+    the detector's own exclusion window. Every fifth keyframe has no pose (never excluded)."""
     rng = np.random.default_rng(7)
     n, dim = 30, 16
     desc = rng.normal(size=(n, dim)).astype(np.float32)
     stamps = np.cumsum(rng.integers(1, 10, n)) * SEC
     xy = rng.uniform(0, 20, (n, 2))
-    poses = [Pose(float(x), float(y), 0.0) for x, y in xy]
-    pos = np.c_[xy, np.zeros(n)]
+    poses = [None if i % 5 == 4 else Pose(float(x), float(y), 0.0) for i, (x, y) in enumerate(xy)]
+    pos = np.array([[np.nan] * 3 if p is None else [p.x, p.y, p.z] for p in poses])
+    ex = SearchExclusions(recent, int(window_s * SEC), radius)
     eligible = M.eligible_matrix(stamps, pos, exclude_recent=recent, exclude_within_ns=int(window_s * SEC),
                                  exclude_radius=radius)
+    np.testing.assert_array_equal(M.eligible_matrix(stamps, pos, exclusions=ex), eligible)
     db = KeyframeDatabase(dim)
     for q in range(n):
-        ids, _, _ = db.search(desc[q][None], max(1, q), exclude_recent=recent, exclude_within_ns=int(window_s * SEC),
-                              query_stamps_ns=[int(stamps[q])], query_poses=[poses[q]], exclude_radius=radius)
+        ids, _, _ = db.search(desc[q][None], max(1, q), exclude_recent=ex.recent, exclude_within_ns=ex.within_ns,
+                              query_stamps_ns=[int(stamps[q])], query_poses=[poses[q]], exclude_radius=ex.radius_m)
         found = sorted(int(i) for i in ids[0] if i >= 0)
         assert found == np.flatnonzero(eligible[q]).tolist(), f"query {q}"
         db.add(desc[q][None], [int(stamps[q])], poses=[poses[q]])
+
+
+def test_exclusion_rule_by_hand():
+    """Query searched when 10 keyframes exist, at t = 100 s and x = 0: ``j < 10 - recent``,
+    ``|dt| >= within`` (equality is eligible), distance ``< radius`` excluded (equality is
+    eligible, a NaN position never excluded)."""
+    ids = np.array([0, 1, 2, 3, 7, 8])
+    stamps = np.array([0, 95, 90, 80, 50, 0]) * SEC
+    pos = np.array([[50, 0, 0], [50, 0, 0], [50, 0, 0], [2, 0, 0], [np.nan] * 3, [50, 0, 0]], float)
+    ex = SearchExclusions(recent=2, within_ns=10 * SEC, radius_m=2.0)
+    ok = eligible(ex, ids, stamps, pos, query_count=10, query_stamp_ns=100 * SEC, query_position=np.zeros(3))
+    assert ok.tolist() == [True, False, True, True, True, False]
+    assert eligible(ex, ids, stamps, pos, query_count=10, query_stamp_ns=None, query_position=None).tolist() == [
+        True, True, True, True, True, False]
+    none = eligible(SearchExclusions(), ids, stamps, pos, query_count=8, query_stamp_ns=0, query_position=np.zeros(3))
+    assert none.tolist() == [True, True, True, True, True, False]  # only "inserted before the query"
+    with pytest.raises(ValueError, match=">= 0"):
+        SearchExclusions(recent=-1)
+    with pytest.raises(TypeError, match="either"):
+        M.eligible_matrix(stamps, exclude_recent=1, exclusions=ex)
+    cfg = DetectorConfig(exclude_recent_keyframes=4, exclude_recent_s=2.5, exclude_radius_m=1.5)
+    assert SearchExclusions.from_detector(cfg) == SearchExclusions(4, 2_500_000_000, 1.5)

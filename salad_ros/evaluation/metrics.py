@@ -3,8 +3,8 @@
 Definitions (every function here works on plain arrays, so the tests can check them by hand):
 
 * **Eligible pair** ``(q, j)``: keyframe ``j`` was inserted before query keyframe ``q`` and is
-  outside the detector's exclusion window for ``q`` (:func:`eligible_matrix`, the same rule
-  the detector applies when it searches).
+  outside the detector's exclusion window for ``q`` (:func:`eligible_matrix`, built from
+  :func:`salad_ros.exclusions.eligible`, the rule the database applies when it searches).
 * **True loop** ``(q, j)``: an eligible pair whose positions are at most ``radius`` metres
   apart and, when ``max_yaw_deg`` is given, whose headings differ by at most that many degrees.
   A query *has a true loop* when any such ``j`` exists. Keyframes without a pose have none.
@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from salad_ros.exclusions import SearchExclusions, eligible
+
 
 @dataclass
 class QueryRecord:
@@ -54,25 +56,29 @@ def eligible_matrix(
     exclude_recent: int = 0,
     exclude_within_ns: int = 0,
     exclude_radius: float = 0.0,
+    exclusions: SearchExclusions | None = None,
 ) -> np.ndarray:
     """``E[q, j]``: may keyframe ``j`` be matched to query keyframe ``q``?
 
-    Mirrors the keyframe database's search exclusions at the moment ``q`` is searched (only
-    keyframes ``0..q-1`` exist then): ``j < q - exclude_recent``, ``|stamp_q - stamp_j| >=
-    exclude_within_ns``, and, with positions and ``exclude_radius > 0``, the two positions not
-    closer than ``exclude_radius`` (a missing position never excludes).
+    The keyframe database's search exclusions (:func:`salad_ros.exclusions.eligible`, one rule
+    for both) at the moment ``q`` is searched, when only keyframes ``0..q-1`` exist:
+    ``j < q - exclude_recent``, ``|stamp_q - stamp_j| >= exclude_within_ns``, and, with
+    positions and ``exclude_radius > 0``, the two positions not closer than ``exclude_radius``
+    (a missing position never excludes). ``exclusions`` (e.g.
+    ``SearchExclusions.from_detector(cfg.detector)``) replaces the three ``exclude_*`` amounts.
     """
+    if exclusions is None:
+        exclusions = SearchExclusions(int(exclude_recent), int(exclude_within_ns), float(exclude_radius))
+    elif exclude_recent or exclude_within_ns or exclude_radius:
+        raise TypeError("give either exclusions or the exclude_* amounts, not both")
     stamps = np.asarray(stamps_ns, dtype=np.int64)
     n = len(stamps)
-    q = np.arange(n)[:, None]
-    j = np.arange(n)[None, :]
-    ok = j < q - int(exclude_recent)
-    if exclude_within_ns > 0:
-        ok &= np.abs(stamps[:, None] - stamps[None, :]) >= exclude_within_ns
-    if exclude_radius > 0 and positions is not None:
-        d = pairwise_distance(positions)
-        ok &= ~(d < exclude_radius)  # NaN (no pose) compares False: not excluded
-    return ok
+    pos = None if positions is None else np.asarray(positions, dtype=np.float64)
+    return eligible(
+        exclusions, np.arange(n)[None, :], stamps[None, :], None if pos is None else pos[None, :, :],
+        query_count=np.arange(n)[:, None], query_stamp_ns=stamps[:, None],
+        query_position=None if pos is None else pos[:, None, :],
+    )
 
 
 def pairwise_distance(positions: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..database import Pose
+from ..geometry import Pose
 
 
 def stamp_to_ns(stamp: Any) -> int:

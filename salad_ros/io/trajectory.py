@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..database import Pose
+from ..geometry import Pose
 
 
 class TrajectoryError(ValueError):
@@ -137,7 +137,7 @@ def read_tum(path: str | Path) -> Trajectory:
 def write_tum(path: str | Path, stamps_ns: Sequence[int], poses: Sequence[Pose]) -> None:
     """Write a TUM trajectory file (stamps with full ns precision)."""
     lines = ["# stamp tx ty tz qx qy qz qw"]
-    for s, p in zip(stamps_ns, poses):
+    for s, p in zip(stamps_ns, poses, strict=False):
         sec, ns = divmod(int(s), 1_000_000_000)
         lines.append(f"{sec}.{ns:09d} " + " ".join(f"{v:.9g}" for v in pose_array(p)))
     Path(path).write_text("\n".join(lines) + "\n")
