@@ -12,10 +12,8 @@ The file is only written if onnxruntime reproduces PyTorch within the thresholds
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,8 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from salad_ros.backends import file_fingerprint
 from salad_ros.backends.contract import INPUT_NAME, OUTPUT_NAME, run_in_batches
+from salad_ros.fileio import file_fingerprint, move_into_place, sha256_file
 from salad_ros.model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, VARIANTS, DinoSalad, load_model, variant_dims
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs
@@ -62,14 +60,6 @@ def descriptor_name(model: DinoSalad) -> str:
     a = model.aggregator
     dims = (a.num_clusters, a.cluster_dim, a.token_dim)
     return next((name for name, v in VARIANTS.items() if v == dims), f"custom-{a.output_dim}")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_metadata(
@@ -297,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not report.passed:
                 print(f"refusing to write {out}: {report.summary()}", file=sys.stderr)
                 return 1
-        os.replace(staging, out)
+        move_into_place(staging, out)
     finally:
         staging.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {meta['model_name']}, {meta['descriptor_dim']}-D, "

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -33,7 +32,6 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from salad_ros.backends import file_fingerprint
 from salad_ros.backends.contract import EXPORT_METADATA_KEYS, INPUT_NAME, OUTPUT_NAME, default_cache_dir, read_onnx_metadata, run_in_batches
 from salad_ros.backends.tensorrt_backend import (
     TensorRTRunner,
@@ -43,6 +41,7 @@ from salad_ros.backends.tensorrt_backend import (
     require_cuda,
     sidecar_path,
 )
+from salad_ros.fileio import file_fingerprint, sha256_file, write_bytes_atomic
 from salad_ros.model import load_model, variant_dims
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs
@@ -284,10 +283,8 @@ def write_engine(path: str | Path, engine: bytes, meta: Mapping[str, Any]) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     side = sidecar_path(path)
-    for target, data in ((side, json.dumps(meta, indent=2, sort_keys=True).encode()), (path, engine)):
-        tmp = target.with_name(f".{target.name}.partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    write_bytes_atomic(side, json.dumps(meta, indent=2, sort_keys=True).encode())
+    write_bytes_atomic(path, engine)
 
 
 def copy_engine(src: Path, dst: Path) -> None:
@@ -377,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot build a TensorRT engine here: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     gpu, capability = gpu_identity(device)
-    onnx_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    onnx_sha = sha256_file(onnx_path)
     profile = batch_profile(meta.get("batch", "dynamic"), args.min_batch, args.opt_batch, args.max_batch)
     key = engine_cache_key(gpu, capability, trt.__version__, onnx_sha, args.precision, profile)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir("tensorrt")
