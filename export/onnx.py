@@ -292,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         staging.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {meta['model_name']}, {meta['descriptor_dim']}-D, "
           f"input {meta['input_shape']}, {meta['precision']}, opset {meta['opset']}")
+    from salad_ros.backends import is_random_model_name  # the node's and replay's notion of random weights
+
+    if is_random_model_name(meta["model_name"]):
+        print(f"WARNING: RANDOM WEIGHTS - {out} computes meaningless descriptors (testing only); "
+              "the node and salad_replay flag it as random weights")
     return 0
 
 

@@ -417,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_cache:
         write_engine(cached, engine, sidecar)
     print(f"wrote {out} and {sidecar_path(out)}: {meta['model_name']}")
+    from salad_ros.backends import is_random_model_name  # the node's and replay's notion of random weights
+
+    if is_random_model_name(meta["model_name"]):
+        print(f"WARNING: RANDOM WEIGHTS - {out} computes meaningless descriptors (testing only)")
     return 0
 
 

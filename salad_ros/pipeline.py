@@ -1,19 +1,23 @@
 """Images in, loop candidates out: encoder + keyframe database + detector, without ROS.
 
 The live node and offline replay both drive a :class:`LoopClosurePipeline`, so a sequence
-gives the same keyframes and candidates whichever way it is fed.
+gives the same keyframes and candidates whichever way it is fed. Callers use the pipeline's
+methods (:meth:`~LoopClosurePipeline.process`, :meth:`~LoopClosurePipeline.keyframe_count`,
+:meth:`~LoopClosurePipeline.describe`, ...) rather than its encoder, database or detector.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .backends import Encoder, create_encoder
-from .database import KeyframeDatabase, Pose, write_bytes_atomic
+from .backends import Encoder, create_encoder, is_random_model_name
+from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
 from .detector import FrameResult, LoopDetector
 from .settings import SaladConfig
 
@@ -28,11 +32,27 @@ def database_exists(path: str | Path) -> bool:
     return bool(path) and (Path(path) / "manifest.json").is_file()
 
 
+@dataclass
+class BatchResult:
+    """What :meth:`LoopClosurePipeline.process_batch` produced for a batch of frames."""
+
+    #: The detector's result for each frame, in input order.
+    frames: list[FrameResult]
+    #: ``float32[B, dim]``: the encoder's descriptor of each frame, in input order.
+    descriptors: np.ndarray
+    #: Wall-clock seconds of the batch's one forward pass (all frames together).
+    encode_s: float = 0.0
+    #: Wall-clock seconds the detector (search, insertion, verification) spent on each frame.
+    detect_s: list[float] = field(default_factory=list)
+
+
 class LoopClosurePipeline:
     """Runs the configured encoder and loop detector frame by frame.
 
     With ``cfg.node.database_path`` pointing at a saved database, that map is loaded first
     (multi-session operation); a database made by another model or damaged is refused.
+    ``encoder`` replaces the one ``cfg.model`` describes (tests, a model shared between
+    pipelines). Not thread-safe: callers serialise access (the node holds a lock).
     """
 
     def __init__(self, cfg: SaladConfig, encoder: Encoder | None = None) -> None:
@@ -63,12 +83,13 @@ class LoopClosurePipeline:
         except ValueError as exc:
             log.warning("%s; verification against the loaded map follows detector.verify_missing_thumbnail", exc)
 
+    # -- frames
+
     def process(
         self, image: np.ndarray, stamp_ns: int, pose: Pose | None = None, frame_id: str = ""
     ) -> FrameResult:
         """Encode one RGB uint8 image and run the detector on it."""
-        descriptor = self.encoder.encode([image])[0]
-        return self.detector.process(descriptor, stamp_ns, pose=pose, image=image, frame_id=frame_id)
+        return self.process_batch([image], [stamp_ns], [pose], [frame_id]).frames[0]
 
     def process_batch(
         self,
@@ -76,19 +97,79 @@ class LoopClosurePipeline:
         stamps_ns: Sequence[int],
         poses: Sequence[Pose | None] | None = None,
         frame_ids: Sequence[str] | None = None,
-    ) -> list[FrameResult]:
+    ) -> BatchResult:
         """Encode a batch in one forward pass, then run the detector frame by frame in order.
 
-        Gives exactly what calling :meth:`process` on each frame gives (the detector is
-        sequential and deterministic; batching only changes how descriptors are computed).
+        Gives exactly the results that calling :meth:`process` on each frame gives (the detector
+        is sequential and deterministic; batching only changes how descriptors are computed),
+        plus the descriptors and the time spent encoding and detecting.
         """
-        descriptors = self.encoder.encode(list(images))
+        t0 = time.perf_counter()
+        descriptors = np.asarray(self.encoder.encode(list(images)), dtype=np.float32)
+        encode_s = time.perf_counter() - t0
         poses = poses if poses is not None else [None] * len(images)
         frame_ids = frame_ids if frame_ids is not None else [""] * len(images)
-        return [
-            self.detector.process(d, int(s), pose=p, image=img, frame_id=f)
-            for d, s, p, img, f in zip(descriptors, stamps_ns, poses, images, frame_ids)
-        ]
+        frames: list[FrameResult] = []
+        detect_s: list[float] = []
+        for d, s, p, img, f in zip(descriptors, stamps_ns, poses, images, frame_ids, strict=True):
+            t0 = time.perf_counter()
+            frames.append(self.detector.process(d, int(s), pose=p, image=img, frame_id=f))
+            detect_s.append(time.perf_counter() - t0)
+        return BatchResult(frames, descriptors, encode_s, detect_s)
+
+    # -- the model
+
+    @property
+    def model_name(self) -> str:
+        """Descriptor identity: architecture, input size and weights fingerprint."""
+        return self.encoder.model_name
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the descriptors come from untrained weights (no checkpoint, or an exported
+        file made from random weights): see :func:`salad_ros.backends.is_random_model_name`."""
+        return is_random_model_name(self.encoder.model_name)
+
+    @property
+    def backend(self) -> str:
+        """Inference backend name (``torch``, ``onnxruntime``, ``tensorrt``)."""
+        return self.encoder.backend
+
+    @property
+    def device(self) -> str:
+        """Device the model runs on (e.g. ``cpu``, ``cuda:0``)."""
+        return self.encoder.device
+
+    def describe(self) -> str:
+        """One line about the model: backend, device, descriptor identity, dimension."""
+        return self.encoder.describe()
+
+    def heatmap(self, image: np.ndarray) -> np.ndarray | None:
+        """Per-patch assignment mass of an RGB image for the debug view (a second forward
+        pass), or None when the backend has none."""
+        heatmap = getattr(self.encoder, "heatmap", None)
+        return heatmap(image) if heatmap is not None else None
+
+    # -- the map
+
+    @property
+    def keyframe_count(self) -> int:
+        """Keyframes in the map (loaded ones included)."""
+        return len(self.database)
+
+    def memory_bytes(self) -> int:
+        """Memory held by the keyframe database (index and per-keyframe columns) in bytes."""
+        return self.database.memory_bytes()
+
+    def keyframe(self, keyframe_id: int) -> Keyframe:
+        """The stored keyframe (stamp, frame id, pose, metadata); KeyError when there is none."""
+        return self.database.get(keyframe_id)
+
+    def thumbnail(self, keyframe_id: int) -> np.ndarray | None:
+        """The keyframe's verification thumbnail (grey uint8), or None when verification is off
+        or the bounded store has evicted or never had it."""
+        store = self.detector.thumbnails
+        return store.get(keyframe_id) if store is not None else None
 
     def save(self, path: str | Path | None = None) -> Path:
         """Save the database (atomically) to ``path`` or the configured ``database_path``, with the

@@ -35,13 +35,18 @@ def images():
 def test_batch_equals_frame_by_frame(images):
     stamps = [i * 1_000_000_000 for i in range(len(images))]
     one = LoopClosurePipeline(load_config(overrides=SMALL))
-    by_frame = [one.process(img, s) for img, s in zip(images, stamps)]
+    by_frame = [one.process(img, s) for img, s in zip(images, stamps, strict=True)]
     batched = LoopClosurePipeline(load_config(overrides=SMALL), encoder=one.encoder)
-    by_batch = batched.process_batch(images, stamps)
+    out = batched.process_batch(images, stamps)
+    by_batch = out.frames
+    # What replay needs comes back with the results: the descriptors and the time of each stage.
+    assert out.descriptors.dtype == np.float32 and out.descriptors.shape == (len(images), one.encoder.dim)
+    np.testing.assert_allclose(out.descriptors, one.encoder.encode(images), atol=1e-5)
+    assert out.encode_s > 0 and len(out.detect_s) == len(images) and all(t > 0 for t in out.detect_s)
     assert [r.keyframe_id for r in by_frame] == [r.keyframe_id for r in by_batch] == list(range(7))
     pairs = lambda results: [(c.query_id, c.match_id) for r in results for c in r.candidates]  # noqa: E731
     assert pairs(by_frame) == pairs(by_batch) == [(5, 0), (6, 1)]
-    for a, b in zip(by_frame, by_batch):
+    for a, b in zip(by_frame, by_batch, strict=True):
         assert [m.id for m in a.matches] == [m.id for m in b.matches]
         np.testing.assert_allclose([m.score for m in a.matches], [m.score for m in b.matches], atol=1e-4)
 
@@ -56,17 +61,58 @@ def test_database_path_loads_previous_session_and_refuses_other_model(tmp_path, 
     assert database_exists(path)
     # A second session loops against the first session's map.
     second = LoopClosurePipeline(cfg, encoder=first.encoder)
-    assert len(second.database) == 5
+    assert second.keyframe_count == 5
     result = second.process(images[0], 100 * 10**9)
     assert [c.match_id for c in result.candidates] == [0]
     second.reset()
-    assert len(second.database) == 0 and database_exists(path)  # reset doesn't touch the saved map
+    assert second.keyframe_count == 0 and database_exists(path)  # reset doesn't touch the saved map
     # Descriptors of another model are not comparable: refused with a message, files untouched.
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     other = load_config(overrides={**SMALL, "database_path": str(path), "descriptor": "salad-544"})
     with pytest.raises(DatabaseError, match=str(path)):
         LoopClosurePipeline(other)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def test_public_methods_answer_what_the_node_asks(images):
+    """The node reads the model, the map and the debug view through these, not the internals."""
+    pipe = LoopClosurePipeline(load_config(overrides={**SMALL, "detector.verify": True}))
+    assert pipe.keyframe_count == 0 and pipe.random_weights and pipe.model_name.endswith("@126/random")
+    assert (pipe.backend, pipe.device) == ("torch", "cpu") and pipe.describe() == pipe.encoder.describe()
+    assert pipe.memory_bytes() >= 0
+    result = pipe.process(images[0], 5 * 10**9, pose=Pose(1.0, 2.0, 3.0), frame_id="cam")
+    assert result.is_keyframe and pipe.keyframe_count == 1 and pipe.memory_bytes() > 0
+    kf = pipe.keyframe(0)
+    assert (kf.id, kf.stamp_ns, kf.frame_id, kf.pose.x) == (0, 5 * 10**9, "cam", 1.0)
+    with pytest.raises(KeyError):
+        pipe.keyframe(1)
+    thumb = pipe.thumbnail(0)
+    assert thumb is not None and thumb.ndim == 2 and max(thumb.shape) <= 320
+    mass = pipe.heatmap(images[0])
+    assert mass is not None and mass.shape == (126 // 14, 126 // 14)
+    pipe.reset()
+    assert pipe.keyframe_count == 0 and pipe.thumbnail(0) is None
+
+
+class _ThumbEncoder:
+    """A duck-typed encoder without a heat map, named like a trained model."""
+
+    backend, device, dim, model_name, input_size = "test", "cpu", 12, "thumbs@2/0123abcd", (2, 2)
+
+    def encode(self, images, color="rgb"):
+        out = np.stack([im[::48, ::64].reshape(-1) for im in images]).astype(np.float32) + 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def describe(self):
+        return "test encoder"
+
+
+def test_any_encoder_object_works_and_names_its_weights(images):
+    pipe = LoopClosurePipeline(load_config(overrides=SMALL), encoder=_ThumbEncoder())
+    assert not pipe.random_weights and pipe.heatmap(images[0]) is None and pipe.describe() == "test encoder"
+    out = pipe.process_batch(images[:3], [0, 10**9, 2 * 10**9])
+    assert [r.keyframe_id for r in out.frames] == [0, 1, 2] and out.descriptors.shape == (3, 12)
+    assert pipe.thumbnail(0) is None  # verification off: no thumbnails
 
 
 def test_save_without_path_is_an_error():
@@ -108,7 +154,7 @@ def test_verification_thumbnails_survive_a_saved_map(tmp_path):
     assert (path / THUMBNAILS_FILE).is_file()
 
     second = LoopClosurePipeline(cfg, encoder=first.encoder)
-    assert len(second.detector.thumbnails) == 3
+    assert len(second.detector.thumbnails) == 3 and second.thumbnail(2) is not None
     result = second.process(scenes[1], 100 * 10**9)
     assert [(c.match_id, c.verified) for c in result.candidates] == [(1, True)]
     assert result.candidates[0].inliers >= cfg.detector.verify_min_inliers

@@ -7,10 +7,14 @@ deterministic encoder so they exercise the same pipeline, detector and metrics i
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -289,3 +293,78 @@ def test_no_weights_is_a_clear_error(demo, tmp_path, capsys):
                         "--weights", str(garbage), "--backbone", "dinov2_vits14"])
     err = capsys.readouterr().err
     assert code == replay.EXIT_USAGE and f"cannot load the model ({garbage})" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Random weights: one notion, from the model itself (its descriptor identity), whatever the backend
+
+
+class RandomTinyEncoder(TinyEncoder):
+    """The thumbnail encoder named like a model without trained weights."""
+
+    model_name = "tiny@4/random"
+
+
+def test_random_weights_come_from_the_encoder_not_the_flags(demo, params_file, tmp_path, capsys, caplog):
+    """--allow-random-weights alone does not make a trained model 'random'; a missing checkpoint
+    with --allow-random-weights falls back to random weights, says so, and the report agrees."""
+    code, r = run(base(demo, tmp_path / "a", params_file) + ["--no-plots"], TinyEncoder())
+    assert code == 0 and r["random_weights"] is False and "RANDOM WEIGHTS" not in capsys.readouterr().out
+    missing = tmp_path / "missing.ckpt"
+    with caplog.at_level(logging.WARNING):
+        code, r = run(base(demo, tmp_path / "b", params_file) + ["--no-plots", "--weights", missing],
+                      RandomTinyEncoder())
+    text = capsys.readouterr().out
+    assert code == 0 and r["random_weights"] is True and r["weights"] is None
+    assert "WARNING: RANDOM WEIGHTS" in text and "(random weights: these numbers are not a measure of SALAD)" in text
+    assert f"parameter 'weights': file not found: {missing}" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory) -> SimpleNamespace:
+    """ViT-S / 544-D / 70 px exported through the documented command line: once from random
+    weights, once from a checkpoint file written here (unverified: test_export checks that)."""
+    import torch
+
+    from export import onnx as xonnx
+    from salad_ros.model import build_model
+
+    d = tmp_path_factory.mktemp("onnx")
+    common = ["--backbone", "dinov2_vits14", "--descriptor", "salad-544", "--image-size", "70", "--no-verify", "--quiet"]
+    torch.manual_seed(1)
+    weights = d / "salad_s544.pth"
+    torch.save(build_model("dinov2_vits14", variant="salad-544").state_dict(), weights)
+    printed = {}
+    for name, source in (("random", ["--random-weights"]), ("trained", ["--weights", str(weights)])):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert xonnx.main(source + ["--out", str(d / f"{name}.onnx")] + common) == 0
+        printed[name] = out.getvalue()
+    return SimpleNamespace(random=d / "random.onnx", trained=d / "trained.onnx", weights=weights, printed=printed)
+
+
+def test_export_of_random_weights_says_so(onnx_models):
+    assert "RANDOM WEIGHTS" in onnx_models.printed["random"]
+    assert "RANDOM WEIGHTS" not in onnx_models.printed["trained"]
+
+
+@pytest.mark.parametrize("which", ["random", "trained"])
+def test_onnx_replay_reports_random_weights_from_the_file(onnx_models, demo, params_file, tmp_path, capsys, which):
+    """Acceptance: replay of an ONNX file exported from random weights says RANDOM WEIGHTS and
+    writes "random_weights": true, though no flag asked for random weights; a file exported from
+    a checkpoint says neither."""
+    from salad_ros.backends import file_fingerprint
+
+    engine = getattr(onnx_models, which)
+    out = tmp_path / "out"
+    code, r = run([demo, "--image-topic", demo_bag.IMAGE_TOPIC, "--params", params_file, "--out", out, "--no-progress",
+                   "--no-plots", "--gt-topic", "/odom", "--backbone", "dinov2_vits14", "--descriptor", "salad-544",
+                   "--image-size", "70", "--device", "cpu", "--set", "backend=onnxruntime", "--set", f"engine={engine}"])
+    text = capsys.readouterr().out
+    assert code == 0 and r["frames_processed"] == 12 and r["config"]["backend"] == "onnxruntime"
+    assert r["random_weights"] is (which == "random")
+    assert ("RANDOM WEIGHTS" in text) is (which == "random")
+    fingerprint = "random" if which == "random" else file_fingerprint(onnx_models.weights)
+    assert r["model"].startswith(f"onnxruntime on cpu, dinov2_vits14/16x32+32@70/{fingerprint}")
+    if which == "random":
+        assert f"{engine} was exported from random weights" in text
+        assert "(random weights: these numbers are not a measure of SALAD)" in text
