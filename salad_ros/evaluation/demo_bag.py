@@ -32,6 +32,7 @@ import numpy as np
 from ..database import Pose
 from ..io.bags import BagWriter, compressed_image_msg, image_msg, odometry_msg
 from ..io.trajectory import write_tum
+from .demo_facades import WALL_PX_PER_M, make_facade, smooth_noise
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
@@ -40,7 +41,6 @@ ODOM_TOPIC = "/odom"
 # Scene geometry [m]: inner block half-sizes, street width, corner radius of the driving line.
 BLOCK_HALF = (15.0, 9.0)
 STREET = 8.0
-WALL_PX_PER_M = 40.0
 FLOOR_PX_PER_M = 40.0
 ODOM_RATE_HZ = 20.0
 SPEEDS = (2.0, 1.8)  # m/s on lap 1 and lap 2
@@ -97,7 +97,7 @@ class Scene:
                 # Both rings run counter-clockwise, so the left normal points into each ring: into
                 # the street for the outer ring, into the block for the inner one.
                 normal = np.array([-d[1], d[0]]) if inward else np.array([d[1], -d[0]])
-                for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                for s0, s1 in zip(bounds[:-1], bounds[1:], strict=True):
                     p, q = a + s0 * (b - a), a + s1 * (b - a)
                     height = float(rng.uniform(4.5, 10.0))
                     w_px = int(round(np.linalg.norm(q - p) * WALL_PX_PER_M))
@@ -111,7 +111,7 @@ class Scene:
         # Stack the textures into one atlas (2 px gaps so bilinear lookups don't bleed).
         width = max(t.shape[1] for t in textures)
         rows, row = [], 0
-        for wall, tex in zip(self.walls, textures):
+        for wall, tex in zip(self.walls, textures, strict=True):
             wall.texture_row = row
             pad = np.zeros((tex.shape[0] + 2, width, 3), np.uint8)
             pad[: tex.shape[0], : tex.shape[1]] = tex
@@ -181,6 +181,27 @@ class Scene:
         dirs = fwd[None, :] + xn[:, None].astype(np.float64) * right[None, :]  # [W, 2]; forward part 1 => t = depth
         p = np.array([x, y])
 
+        hit, depth, has_wall, tex_u = self._cast_rays(p, dirs)
+        is_wall, wall_img = self._draw_walls(hit, depth, has_wall, tex_u, yn, cam_h)
+        is_floor, zf, floor_img = self._draw_street(p, dirs, yn, cam_h, is_wall, wall_img)
+        sky, horizon = self._draw_sky(xn, yn, yaw, light, (W, H))
+        gain, haze = self._shading(hit, depth, zf, is_wall, is_floor, light)
+        # Composite with OpenCV's masked copy (much faster than numpy's broadcasting where()), then
+        # downsample before shading: gain and haze are smooth except at wall edges, where
+        # averaging them after the resize changes nothing visible and saves 3/4 of the work.
+        surface = floor_img
+        cv2.copyTo(wall_img, is_wall.view(np.uint8), surface)
+        img = sky
+        cv2.copyTo(surface.astype(np.float32), (is_wall | is_floor).view(np.uint8), img)
+        gain = gain.astype(np.float32)
+        if supersample > 1:
+            img = cv2.resize(img, (w_out, h_out), interpolation=cv2.INTER_AREA)
+            gain = cv2.resize(gain, (w_out, h_out), interpolation=cv2.INTER_AREA)
+            haze = cv2.resize(haze, (w_out, h_out), interpolation=cv2.INTER_AREA)
+        return _develop(img, gain, haze, horizon, light, rng)
+
+    def _cast_rays(self, p: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For every column's ray: the wall it hits, its depth, whether it hits one, texture u."""
         # Ray / segment intersection for every column and wall: P + t D = A + u (B - A).
         e = self.b - self.a
         ap = self.a - p
@@ -191,22 +212,32 @@ class Scene:
         valid = (np.abs(denom) > 1e-12) & (t > 1e-3) & (u >= 0) & (u <= 1)
         t = np.where(valid, t, np.inf)
         hit = np.argmin(t, axis=1)
-        cols = np.arange(W)
+        cols = np.arange(len(dirs))
         depth = t[cols, hit]
         has_wall = np.isfinite(depth)
         depth = np.where(has_wall, depth, 1e6).astype(np.float32)
         seg_len = np.linalg.norm(e[hit], axis=1)
         tex_u = (u[cols, hit] * seg_len * WALL_PX_PER_M).astype(np.float32)
+        return hit, depth, has_wall, tex_u
 
+    def _draw_walls(self, hit: np.ndarray, depth: np.ndarray, has_wall: np.ndarray, tex_u: np.ndarray,
+                    yn: np.ndarray, cam_h: float) -> tuple[np.ndarray, np.ndarray]:
+        """Which pixels see a wall, and the wall texture looked up for every pixel."""
         # Walls: a pixel at row y sees height h = cam_h - yn * depth on its column's wall.
+        H, W = len(yn), len(depth)
         hgt = cam_h - yn[:, None] * depth[None, :]  # [H, W]
         wall_h = self.heights[hit].astype(np.float32)
         is_wall = has_wall[None, :] & (hgt >= 0) & (hgt <= wall_h[None, :])
         tex_v = (self.rows[hit].astype(np.float32) + wall_h * WALL_PX_PER_M)[None, :] - hgt * WALL_PX_PER_M
         wall_img = cv2.remap(self.atlas, np.broadcast_to(tex_u, (H, W)), tex_v.astype(np.float32), cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
+        return is_wall, wall_img
 
+    def _draw_street(self, p: np.ndarray, dirs: np.ndarray, yn: np.ndarray, cam_h: float, is_wall: np.ndarray,
+                     wall_img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which pixels see the street, the ground distance per row, and the street texture."""
         # Street: where each pixel below the horizon row sees the ground (upper half: no floor).
+        H = len(yn)
         is_floor = (yn[:, None] > 0) & ~is_wall
         zf = np.where(yn > 0, cam_h / np.maximum(yn, 1e-6), 1e4).astype(np.float32)  # per row
         low = H // 2
@@ -215,7 +246,11 @@ class Scene:
         floor_img = np.zeros_like(wall_img)
         floor_img[low:] = cv2.remap(self.floor, gx.astype(np.float32), gy.astype(np.float32), cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REFLECT)
+        return is_floor, zf, floor_img
 
+    def _draw_sky(self, xn: np.ndarray, yn: np.ndarray, yaw: float, light: Light,
+                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The sky image (float32) and the lap's horizon colour."""
         # Sky: gradient by elevation plus a cloud panorama indexed by azimuth, so clouds stay
         # put in the world as the camera turns. It is smooth: computed on a 1/8 grid, upscaled.
         xs, ys = xn[4::8], yn[4::8]
@@ -229,9 +264,11 @@ class Scene:
         top = np.array(light.sky_top, np.float32)
         sky = horizon + frac[..., None] * (top - horizon)
         sky += cloud[..., None] * (horizon * 1.08 - sky)
-        sky = cv2.resize(sky, (W, H), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(sky, size, interpolation=cv2.INTER_LINEAR), horizon
 
-        # Lambertian shading of each wall from the lap's sun, distance haze for walls and street.
+    def _shading(self, hit: np.ndarray, depth: np.ndarray, zf: np.ndarray, is_wall: np.ndarray, is_floor: np.ndarray,
+                 light: Light) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel gain and haze fraction: Lambertian walls under the lap's sun, distance haze."""
         sun = np.array([math.cos(light.sun_azimuth), math.sin(light.sun_azimuth)]) * math.cos(light.sun_elevation)
         wall_shade = (light.ambient + light.diffuse * np.clip(self.normals[hit] @ sun, 0, None)).astype(np.float32)
         floor_shade = np.float32(light.ambient + light.diffuse * math.sin(light.sun_elevation) + 0.15)
@@ -239,126 +276,31 @@ class Scene:
         fog_f = (1 - np.exp(-np.minimum(zf, 200.0) / 140.0)).astype(np.float32)  # per row
         gain = np.where(is_wall, (wall_shade * (1 - fog_w))[None, :], np.where(is_floor, floor_shade * (1 - fog_f)[:, None], 1))
         haze = np.where(is_wall, fog_w[None, :], np.where(is_floor, fog_f[:, None], 0)).astype(np.float32)
-        # Composite with OpenCV's masked copy (much faster than numpy's broadcasting where()), then
-        # downsample before shading: gain and haze are smooth except at wall edges, where
-        # averaging them after the resize changes nothing visible and saves 3/4 of the work.
-        surface = floor_img
-        cv2.copyTo(wall_img, is_wall.view(np.uint8), surface)
-        img = sky
-        cv2.copyTo(surface.astype(np.float32), (is_wall | is_floor).view(np.uint8), img)
-        gain = gain.astype(np.float32)
-        if supersample > 1:
-            img = cv2.resize(img, (w_out, h_out), interpolation=cv2.INTER_AREA)
-            gain = cv2.resize(gain, (w_out, h_out), interpolation=cv2.INTER_AREA)
-            haze = cv2.resize(haze, (w_out, h_out), interpolation=cv2.INTER_AREA)
-        img *= gain[..., None]
-        img += haze[..., None] * horizon
-        img = cv2.convertScaleAbs(img)  # saturating float -> uint8
-        # Colour temperature and gamma of the lap as one lookup table per channel.
-        levels = np.arange(256, dtype=np.float64) / 255.0
-        lut = np.stack([255 * np.clip(levels * g, 0, 1) ** light.gamma for g in light.tint], axis=1)
-        img = cv2.LUT(img, np.rint(lut).astype(np.uint8).reshape(256, 1, 3))
-        noise = rng.standard_normal(img.shape, dtype=np.float32) * light.noise
-        return np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
+        return gain, haze
 
 
-# -- procedural textures
+def _develop(img: np.ndarray, gain: np.ndarray, haze: np.ndarray, horizon: np.ndarray, light: Light,
+             rng: np.random.Generator) -> np.ndarray:
+    """Shade and haze the composited float image, then the lap's colour, gamma and sensor noise."""
+    img *= gain[..., None]
+    img += haze[..., None] * horizon
+    img = cv2.convertScaleAbs(img)  # saturating float -> uint8
+    # Colour temperature and gamma of the lap as one lookup table per channel.
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.stack([255 * np.clip(levels * g, 0, 1) ** light.gamma for g in light.tint], axis=1)
+    img = cv2.LUT(img, np.rint(lut).astype(np.uint8).reshape(256, 1, 3))
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * light.noise
+    return np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
 
 
-def _noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
-    """Smooth noise in [-1, 1] with features about ``scale`` pixels large."""
-    small = rng.uniform(-1, 1, (max(2, int(h / scale) + 2), max(2, int(w / scale) + 2))).astype(np.float32)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    px = np.uint8([[[int(h) % 180, int(s * 255), int(v * 255)]]])
-    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(float)
-
-
-LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
-
-
-def make_facade(rng: np.random.Generator, w: int, h: int, photo: np.ndarray | None = None) -> np.ndarray:
-    """One building front: plaster colour with stains, window grid, door, cornices and a sign."""
-    base = _hsv(rng.uniform(0, 180), rng.uniform(0.15, 0.6), rng.uniform(0.45, 0.9))
-    img = np.ones((h, w, 3), np.float32) * base
-    img *= (1 + 0.08 * _noise(rng, h, w, 40))[..., None] * (1 + 0.04 * _noise(rng, h, w, 6))[..., None]
-    ppm = WALL_PX_PER_M
-    # Vertical material change on some facades (a different coloured bay).
-    if rng.random() < 0.5:
-        x0 = int(rng.uniform(0.1, 0.6) * w)
-        bay = _hsv(rng.uniform(0, 180), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8))
-        img[:, x0 : x0 + int(rng.uniform(0.15, 0.35) * w)] = bay * (1 + 0.05 * _noise(rng, h, 2, 20))[:, :1, None]
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    # Window grid above the ground floor.
-    floor_h = rng.uniform(2.8, 3.6) * ppm
-    n_cols = max(1, int(w / (rng.uniform(1.4, 2.6) * ppm)))
-    win_w = rng.uniform(0.35, 0.7) * w / n_cols
-    win_h = rng.uniform(0.35, 0.65) * floor_h
-    glass = _hsv(rng.uniform(90, 130), rng.uniform(0.2, 0.6), rng.uniform(0.15, 0.45))
-    frame = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0, 0.3), rng.uniform(0.2, 0.95)))
-    arched = rng.random() < 0.3
-    y_top = int(h - floor_h)
-    level = 0
-    while y_top - floor_h > 0.2 * ppm:
-        y0 = int(y_top - floor_h + (floor_h - win_h) / 2)
-        for c in range(n_cols):
-            x0 = int((c + 0.5) * w / n_cols - win_w / 2)
-            x1, y1 = int(x0 + win_w), int(y0 + win_h)
-            shade = glass * rng.uniform(0.7, 1.4)
-            cv2.rectangle(img, (x0, y0), (x1, y1), tuple(int(v) for v in np.clip(shade, 0, 255)), -1)
-            if arched:
-                cv2.ellipse(img, ((x0 + x1) // 2, y0), ((x1 - x0) // 2, int(win_w / 3)), 0, 180, 360,
-                            tuple(int(v) for v in np.clip(shade, 0, 255)), -1)
-            cv2.rectangle(img, (x0, y0), (x1, y1), frame, 2)
-            cv2.line(img, ((x0 + x1) // 2, y0), ((x0 + x1) // 2, y1), frame, 1)
-        y_top -= int(floor_h)
-        level += 1
-        if rng.random() < 0.35:  # cornice band between some storeys
-            cv2.rectangle(img, (0, y_top - 3), (w, y_top + 3), frame, -1)
-    # Ground floor: door and a shop window or sign board with lettering.
-    gy = int(h - floor_h)
-    door_x = int(rng.uniform(0.05, 0.8) * w)
-    door_w, door_h = int(rng.uniform(0.9, 1.6) * ppm), int(rng.uniform(2.1, 2.6) * ppm)
-    door_col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.3, 0.9), rng.uniform(0.2, 0.7)))
-    cv2.rectangle(img, (door_x, h - door_h), (door_x + door_w, h), door_col, -1)
-    cv2.rectangle(img, (door_x, h - door_h), (door_x + door_w, h), frame, 3)
-    sign_col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)))
-    text_col = (255, 255, 255) if sum(sign_col) < 380 else (20, 20, 20)
-    sx0 = int(rng.uniform(0.0, 0.3) * w)
-    sx1 = min(w - 2, sx0 + int(rng.uniform(0.4, 0.8) * w))
-    sy0 = gy + int(0.15 * floor_h)
-    sy1 = sy0 + int(rng.uniform(0.18, 0.3) * floor_h)
-    cv2.rectangle(img, (sx0, sy0), (sx1, sy1), sign_col, -1)
-    word = "".join(rng.choice(list(LETTERS), int(rng.integers(3, 7))))
-    scale = (sy1 - sy0) / 32.0
-    cv2.putText(img, word, (sx0 + 6, sy1 - int(0.25 * (sy1 - sy0))), cv2.FONT_HERSHEY_DUPLEX, scale, text_col,
-                max(1, int(2 * scale)), cv2.LINE_AA)
-    # A few shapes (posters, graffiti, round windows): distinctive local structure.
-    for _ in range(int(rng.integers(1, 4))):
-        col = tuple(int(c) for c in _hsv(rng.uniform(0, 180), rng.uniform(0.4, 1), rng.uniform(0.3, 1)))
-        cxy = (int(rng.uniform(0, w)), int(rng.uniform(gy, h - 0.3 * ppm)))
-        if rng.random() < 0.5:
-            cv2.circle(img, cxy, int(rng.uniform(0.2, 0.5) * ppm), col, -1)
-        else:
-            pts = (np.array(cxy) + rng.uniform(-0.8, 0.8, (int(rng.integers(3, 6)), 2)) * ppm).astype(np.int32)
-            cv2.polylines(img, [pts], True, col, 3)
-    if photo is not None:  # a mural from a real photograph
-        ph, pw = photo.shape[:2]
-        mw = int(min(w * 0.7, 4 * ppm))
-        mh = max(8, int(mw * ph / pw))
-        my = max(0, gy - mh - int(0.3 * ppm))
-        mx = int(rng.uniform(0, max(1, w - mw)))
-        img[my : my + mh, mx : mx + mw] = cv2.resize(photo, (mw, mh), interpolation=cv2.INTER_AREA)[: h - my, : w - mx]
-    return img
+# -- procedural textures (facades: :mod:`.demo_facades`)
 
 
 def make_street(rng: np.random.Generator, half_x: float, half_y: float) -> np.ndarray:
     """Asphalt with dashed centre line, kerbs/sidewalks along the buildings, manholes, crossings."""
     ppm = FLOOR_PX_PER_M
     w, h = int(2 * half_x * ppm), int(2 * half_y * ppm)
-    asphalt = 95 + 12 * _noise(rng, h, w, 30) + 8 * _noise(rng, h, w, 3)
+    asphalt = 95 + 12 * smooth_noise(rng, h, w, 30) + 8 * smooth_noise(rng, h, w, 3)
     img = np.repeat(asphalt[..., None], 3, axis=2).astype(np.float32)
     img = np.clip(img, 0, 255).astype(np.uint8)
 
@@ -400,7 +342,7 @@ def make_street(rng: np.random.Generator, half_x: float, half_y: float) -> np.nd
 
 def make_clouds(rng: np.random.Generator) -> np.ndarray:
     """Cloud cover panorama (float32 0..1), 360 degrees wide, horizon (row 0) to zenith."""
-    n = _noise(rng, 128, 1024, 40) + 0.5 * _noise(rng, 128, 1024, 12)
+    n = smooth_noise(rng, 128, 1024, 40) + 0.5 * smooth_noise(rng, 128, 1024, 12)
     n[:, -24:] = n[:, :24]  # join the seam at 0/360 degrees
     return np.clip((n - 0.2) * 1.5, 0, 0.85).astype(np.float32)
 
