@@ -437,174 +437,225 @@ def _train(args: argparse.Namespace, info: DistInfo, device: torch.device, out: 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs: much faster than fp32
         torch.backends.cudnn.allow_tf32 = True
-
-    # Data ----------------------------------------------------------------------------
-    val_cities = set(args.val_cities.split(",")) if args.val_cities else set()
-    cities = args.cities.split(",") if args.cities else [c for c in available_cities(args.data_root) if c not in val_cities]
-    overlap = val_cities & set(cities)
-    if overlap:
-        log.warning("cities %s are used for both training and validation", sorted(overlap))
-    augment = None if args.no_augment else RandAugment(args.randaugment_ops, args.randaugment_magnitude)
-    dataset = GSVCities(args.data_root, cities, args.img_per_place, args.min_img_per_place,
-                        TrainTransform(args.image_size, augment))
-    sampler = PlaceBatchSampler(len(dataset), args.batch_size, args.seed, info.rank, info.world_size)
-    steps_per_epoch = sampler.batches_per_epoch
-    total_steps = steps_per_epoch * args.epochs
-    val_sets = load_val_sets(args) if info.main else []
-
-    # Model and optimiser -------------------------------------------------------------
-    resume_path = resolve_resume(args, out)
-    ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path else None
-    if ckpt is not None:
-        model = build_model(args.backbone, args.variant, num_trainable_blocks=args.num_trainable_blocks, dropout=args.dropout)
-        mismatch = {k: (ckpt["config"][k], v) for k, v in model_config(model).items()
-                    if k in MODEL_KEYS and ckpt["config"].get(k) != v}
-        if mismatch:
-            raise ValueError(f"--resume {resume_path}: model settings differ (checkpoint, now): {mismatch}")
-        model.load_state_dict(ckpt["state_dict"])
-        init_source = ckpt.get("init", "unknown")
-    else:
-        model, init_source = init_model(args)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, args.lr_end_factor, total_iters=max(total_steps, 1))
-    dtype = amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_epoch, start_batch, global_step, best_r1 = 0, 0, 0, -1.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_batch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        global_step, best_r1 = int(ckpt["global_step"]), float(ckpt.get("best_r1", -1.0))
-        log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)",
-                 resume_path, start_epoch, start_batch, global_step)
-        del ckpt
-    ddp_model = model
-    if info.enabled:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    miner, loss_fn = make_loss(args, info)
-
-    n_train = sum(p.numel() for p in params)
-    log.info("model %s (%s init), %.1fM trainable parameters; %d places from %d cities; %d steps/epoch x %d epochs; "
-             "%d process(es) on %s, amp %s", model.variant, init_source, n_train / 1e6, len(dataset), len(cities),
-             steps_per_epoch, args.epochs, info.world_size, device, dtype)
-    config = {**model_config(model), "image_size": args.image_size, "variant": args.variant}
-    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if info.main:
-        (out / "config.json").write_text(json.dumps({"model": config, "args": run_args, "init": init_source}, indent=2) + "\n")
-
-    def checkpoint(epoch: int, step_in_epoch: int) -> dict:
-        return {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "step_in_epoch": step_in_epoch, "global_step": global_step, "best_r1": best_r1,
-                "config": config, "args": run_args, "init": init_source, "world_size": info.world_size}
-
-    runlog = RunLog(out, info.main)
-    bad = BadImages()
-    losses: list[float] = []
-    stopped_early = False
-
-    def run_validation(epoch: int, step_in_epoch: int) -> None:
-        nonlocal best_r1
-        if info.main and val_sets:
-            results = validate(model, val_sets, args, device)
-            first = results[val_sets[0].name]
-            for name, res in results.items():
-                runlog.row("val", {"epoch": epoch, "step": global_step, "dataset": name,
-                                   **{f"R@{k}": res[f"recall@{k}"] for k in (1, 5, 10)}}, global_step)
-            if first["recall@1"] > best_r1:
-                best_r1 = first["recall@1"]
-                save_checkpoint(out / "best.ckpt", {**checkpoint(epoch, step_in_epoch), "val": results})
-                log.info("new best R@1 %.2f on %s: saved best.ckpt", 100 * best_r1, val_sets[0].name)
-        barrier(info)
-
-    if args.validate_first and global_step == 0:
-        run_validation(0, 0)
-
+    run = _Run(args, info, device, out)
+    if args.validate_first and run.global_step == 0:
+        run.validation(0, 0)
     t0 = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers, collate_fn=collate_places,
-                            pin_memory=device.type == "cuda", worker_init_fn=worker_init,
-                            persistent_workers=False)
-        step_in_epoch = sampler.start_batch
-        bar = tqdm(loader, total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                   disable=not info.main or args.no_progress, dynamic_ncols=True)
-        for batch in bar:
-            bad.add(batch)
-            torch.manual_seed(step_seed(args.seed, global_step, info.rank))
-            images = batch["images"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-            with autocast:
-                desc = ddp_model(images)
-            desc = desc.float()  # mining and loss in fp32: beta=50 exponentials overflow in fp16
-            pairs = miner(desc, labels)
-            loss = loss_fn(desc, labels, pairs)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step_in_epoch += 1
-            global_step += 1
+    for epoch in range(run.start_epoch, args.epochs):
+        if run.epoch(epoch):
+            break
+    return run.finish(t0)
 
-            value = loss.item() / info.world_size  # the DDP wrapper scales the loss by the world size
-            if not math.isfinite(value):
-                log.warning("step %d: non-finite loss %s", global_step, value)
-            losses.append(value)
-            anchors = torch.cat([pairs[0], pairs[2]]).unique().numel()
-            stats = {"pos_pairs": len(pairs[0]), "neg_pairs": len(pairs[2]),
-                     # Share of the (global) batch's images that anchor a hard pair: falls as the
-                     # model learns. Under DDP the miner indexes the gathered global batch.
-                     "mined_frac": anchors / (len(desc) * info.world_size)}
-            if info.main:
-                bar.set_postfix(loss=f"{value:.4f}", pos=stats["pos_pairs"], neg=stats["neg_pairs"],
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if global_step % max(args.log_every, 1) == 0:
-                    runlog.row("train", {"step": global_step, "epoch": epoch, "loss": value,
-                                         "lr": scheduler.get_last_lr()[0], **stats, "bad_images": bad.events}, global_step)
-            stop = args.max_steps is not None and global_step >= args.max_steps
-            if info.main and (stop or (args.save_every and global_step % args.save_every == 0)):
-                save_checkpoint(out / "last.ckpt", checkpoint(epoch, step_in_epoch))
+
+class _Run:
+    """One training run: data, model, optimiser, counters and logs, and the steps that use them
+    (set up, train an epoch, validate, checkpoint, finish). Every process of a DDP run has one."""
+
+    def __init__(self, args: argparse.Namespace, info: DistInfo, device: torch.device, out: Path) -> None:
+        self.args, self.info, self.device, self.out = args, info, device, out
+        self._setup_data()
+        self._setup_model()
+        self._write_config()
+        self.runlog = RunLog(out, info.main)
+        self.bad = BadImages()
+        self.losses: list[float] = []
+
+    # -- setup
+
+    def _setup_data(self) -> None:
+        args, info = self.args, self.info
+        val_cities = set(args.val_cities.split(",")) if args.val_cities else set()
+        self.cities = args.cities.split(",") if args.cities else \
+            [c for c in available_cities(args.data_root) if c not in val_cities]
+        overlap = val_cities & set(self.cities)
+        if overlap:
+            log.warning("cities %s are used for both training and validation", sorted(overlap))
+        augment = None if args.no_augment else RandAugment(args.randaugment_ops, args.randaugment_magnitude)
+        self.dataset = GSVCities(args.data_root, self.cities, args.img_per_place, args.min_img_per_place,
+                                 TrainTransform(args.image_size, augment))
+        self.sampler = PlaceBatchSampler(len(self.dataset), args.batch_size, args.seed, info.rank, info.world_size)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.val_sets = load_val_sets(args) if info.main else []
+
+    def _setup_model(self) -> None:
+        """The model at its starting weights (resumed or initialised), optimiser, schedule, loss."""
+        args, device = self.args, self.device
+        resume_path = resolve_resume(args, self.out)
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path else None
+        if ckpt is not None:
+            self.model = build_model(args.backbone, args.variant, num_trainable_blocks=args.num_trainable_blocks,
+                                     dropout=args.dropout)
+            mismatch = {k: (ckpt["config"][k], v) for k, v in model_config(self.model).items()
+                        if k in MODEL_KEYS and ckpt["config"].get(k) != v}
+            if mismatch:
+                raise ValueError(f"--resume {resume_path}: model settings differ (checkpoint, now): {mismatch}")
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.init_source = ckpt.get("init", "unknown")
+        else:
+            self.model, self.init_source = init_model(args)
+        self.model.to(device).train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay)
+        total_steps = self.steps_per_epoch * args.epochs
+        self.scheduler = torch.optim.lr_scheduler.LinearLR(self.optimizer, 1.0, args.lr_end_factor,
+                                                           total_iters=max(total_steps, 1))
+        self.dtype = amp_dtype(args.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.start_epoch, self.start_batch, self.global_step, self.best_r1 = 0, 0, 0, -1.0
+        if ckpt is not None:
+            self._restore(ckpt, resume_path)
+            del ckpt
+        self.ddp_model = self.model
+        if self.info.enabled:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.miner, self.loss_fn = make_loss(args, self.info)
+
+    def _restore(self, ckpt: dict, path: Path) -> None:
+        """Optimiser, schedule, scaler and counters of a resumed run."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+        self.global_step, self.best_r1 = int(ckpt["global_step"]), float(ckpt.get("best_r1", -1.0))
+        log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)",
+                 path, self.start_epoch, self.start_batch, self.global_step)
+
+    def _write_config(self) -> None:
+        args, info = self.args, self.info
+        n_train = sum(p.numel() for p in self.params)
+        log.info("model %s (%s init), %.1fM trainable parameters; %d places from %d cities; %d steps/epoch x %d epochs; "
+                 "%d process(es) on %s, amp %s", self.model.variant, self.init_source, n_train / 1e6, len(self.dataset),
+                 len(self.cities), self.steps_per_epoch, args.epochs, info.world_size, self.device, self.dtype)
+        self.config = {**model_config(self.model), "image_size": args.image_size, "variant": args.variant}
+        self.run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        if info.main:
+            (self.out / "config.json").write_text(
+                json.dumps({"model": self.config, "args": self.run_args, "init": self.init_source}, indent=2) + "\n")
+
+    # -- checkpoints and validation
+
+    def checkpoint(self, epoch: int, step_in_epoch: int) -> dict:
+        """Everything a resumed run needs, at this point of this epoch."""
+        return {"state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "global_step": self.global_step, "best_r1": self.best_r1,
+                "config": self.config, "args": self.run_args, "init": self.init_source,
+                "world_size": self.info.world_size}
+
+    def validation(self, epoch: int, step_in_epoch: int) -> None:
+        """Validate on rank 0 (``best.ckpt`` on a new best R@1 of the first set); all ranks wait."""
+        if self.info.main and self.val_sets:
+            results = validate(self.model, self.val_sets, self.args, self.device)
+            first = results[self.val_sets[0].name]
+            for name, res in results.items():
+                self.runlog.row("val", {"epoch": epoch, "step": self.global_step, "dataset": name,
+                                        **{f"R@{k}": res[f"recall@{k}"] for k in (1, 5, 10)}}, self.global_step)
+            if first["recall@1"] > self.best_r1:
+                self.best_r1 = first["recall@1"]
+                save_checkpoint(self.out / "best.ckpt", {**self.checkpoint(epoch, step_in_epoch), "val": results})
+                log.info("new best R@1 %.2f on %s: saved best.ckpt", 100 * self.best_r1, self.val_sets[0].name)
+        barrier(self.info)
+
+    # -- training
+
+    def epoch(self, epoch: int) -> bool:
+        """Train one epoch (the first from the resumed batch), then checkpoint and validate.
+        True when ``--max-steps`` stopped the run."""
+        args, info = self.args, self.info
+        self.sampler.set_epoch(epoch, self.start_batch if epoch == self.start_epoch else 0)
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=args.num_workers,
+                            collate_fn=collate_places, pin_memory=self.device.type == "cuda",
+                            worker_init_fn=worker_init, persistent_workers=False)
+        step_in_epoch = self.sampler.start_batch
+        bar = tqdm(loader, total=self.steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   disable=not info.main or args.no_progress, dynamic_ncols=True)
+        stop = False
+        for batch in bar:
+            value, stats = self.step(batch)
+            step_in_epoch += 1
+            self._log_step(bar, epoch, value, stats)
+            stop = args.max_steps is not None and self.global_step >= args.max_steps
+            if info.main and (stop or (args.save_every and self.global_step % args.save_every == 0)):
+                save_checkpoint(self.out / "last.ckpt", self.checkpoint(epoch, step_in_epoch))
             if stop:
-                stopped_early = True
                 break
         bar.close()
-        if stopped_early:
-            if step_in_epoch == steps_per_epoch:  # the stop fell on an epoch end: record it as such
-                if info.main:
-                    save_checkpoint(out / "last.ckpt", checkpoint(epoch + 1, 0))
-                run_validation(epoch + 1, 0)
-            else:
-                run_validation(epoch, step_in_epoch)
-            break
+        if stop and step_in_epoch != self.steps_per_epoch:  # stopped mid-epoch: last.ckpt is saved above
+            self.validation(epoch, step_in_epoch)
+            return True
+        # The epoch's end (a stop that fell on it is recorded as such).
         if info.main:
-            save_checkpoint(out / "last.ckpt", checkpoint(epoch + 1, 0))
-        run_validation(epoch + 1, 0)
+            save_checkpoint(self.out / "last.ckpt", self.checkpoint(epoch + 1, 0))
+        self.validation(epoch + 1, 0)
+        return stop
 
-    bad_all = bad.merged(info)
-    summary = {"global_step": global_step, "losses": losses, "best_r1": best_r1 if best_r1 >= 0 else None,
-               "bad_images": sorted(bad_all.paths), "bad_image_events": bad_all.events,
-               "places_resampled": bad_all.resampled, "seconds": time.time() - t0}
-    if info.main:
-        final = out / ("best.ckpt" if (out / "best.ckpt").is_file() else "last.ckpt")
-        if final.is_file():
-            weights = export_weights(final, out / "weights.pth")
-            log.info("exported %s -> %s (load_model(path, backbone=%r, variant=%r))", final.name, weights,
-                     args.backbone, args.variant)
-        if bad_all.events:
-            log.warning("%d unreadable training images (%d distinct files; %d places resampled), e.g. %s",
-                        bad_all.events, len(bad_all.paths), bad_all.resampled, sorted(bad_all.paths)[:5])
-        else:
-            log.info("no unreadable training images")
-        (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2) + "\n")
-    runlog.close()
-    return summary
+    def step(self, batch: dict) -> tuple[float, dict]:
+        """One optimisation step on a batch; returns the loss and the mining statistics."""
+        info, device = self.info, self.device
+        self.bad.add(batch)
+        torch.manual_seed(step_seed(self.args.seed, self.global_step, info.rank))
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        autocast = torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        with autocast:
+            desc = self.ddp_model(images)
+        desc = desc.float()  # mining and loss in fp32: beta=50 exponentials overflow in fp16
+        pairs = self.miner(desc, labels)
+        loss = self.loss_fn(desc, labels, pairs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+
+        value = loss.item() / info.world_size  # the DDP wrapper scales the loss by the world size
+        if not math.isfinite(value):
+            log.warning("step %d: non-finite loss %s", self.global_step, value)
+        self.losses.append(value)
+        anchors = torch.cat([pairs[0], pairs[2]]).unique().numel()
+        stats = {"pos_pairs": len(pairs[0]), "neg_pairs": len(pairs[2]),
+                 # Share of the (global) batch's images that anchor a hard pair: falls as the
+                 # model learns. Under DDP the miner indexes the gathered global batch.
+                 "mined_frac": anchors / (len(desc) * info.world_size)}
+        return value, stats
+
+    def _log_step(self, bar: tqdm, epoch: int, value: float, stats: dict) -> None:
+        if not self.info.main:
+            return
+        lr = self.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{value:.4f}", pos=stats["pos_pairs"], neg=stats["neg_pairs"], lr=f"{lr:.2e}")
+        if self.global_step % max(self.args.log_every, 1) == 0:
+            self.runlog.row("train", {"step": self.global_step, "epoch": epoch, "loss": value, "lr": lr, **stats,
+                                      "bad_images": self.bad.events}, self.global_step)
+
+    # -- the end
+
+    def finish(self, t0: float) -> dict:
+        """Merge bad-image reports, export ``weights.pth`` and write ``summary.json`` (rank 0)."""
+        bad_all = self.bad.merged(self.info)
+        summary = {"global_step": self.global_step, "losses": self.losses,
+                   "best_r1": self.best_r1 if self.best_r1 >= 0 else None,
+                   "bad_images": sorted(bad_all.paths), "bad_image_events": bad_all.events,
+                   "places_resampled": bad_all.resampled, "seconds": time.time() - t0}
+        out = self.out
+        if self.info.main:
+            final = out / ("best.ckpt" if (out / "best.ckpt").is_file() else "last.ckpt")
+            if final.is_file():
+                weights = export_weights(final, out / "weights.pth")
+                log.info("exported %s -> %s (load_model(path, backbone=%r, variant=%r))", final.name, weights,
+                         self.args.backbone, self.args.variant)
+            if bad_all.events:
+                log.warning("%d unreadable training images (%d distinct files; %d places resampled), e.g. %s",
+                            bad_all.events, len(bad_all.paths), bad_all.resampled, sorted(bad_all.paths)[:5])
+            else:
+                log.info("no unreadable training images")
+            (out / "summary.json").write_text(
+                json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2) + "\n")
+        self.runlog.close()
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:
