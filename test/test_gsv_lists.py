@@ -212,6 +212,11 @@ def test_msls_style_qidx_pidx_subset_and_alignment(tmp_path):
     # pIdx with one entry per listed query is indexed by qIdx.
     write_lists(prefix, db, qs, q_idx=[5, 0, 2], p_idx=[[0], [1], [2], [3], [0], [1]])
     assert [p.tolist() for p in read_lists(prefix).positives] == [[1], [0], [2]]
+    # A _gt of equal-length lists may be a plain 2-D integer array; integer scalars are one positive.
+    np.save(f"{prefix}_pIdx.npy", np.array([[0, 1], [2, 3], [1, 1], [0, 0], [3, 2], [1, 0]]))
+    assert [p.tolist() for p in read_lists(prefix).positives] == [[1, 0], [0, 1], [1, 1]]
+    np.save(f"{prefix}_pIdx.npy", object_array([np.int64(2), 3, np.array([1])]))
+    assert [p.tolist() for p in read_lists(prefix).positives] == [[2], [3], [1]]
     # Through the benchmark registry (auto layout picks gsv-lists with a prefix).
     assert load_benchmark(root, gt_prefix=prefix).name == "msls_val"
     with pytest.raises(ValueError, match="needs --gt-prefix"):
