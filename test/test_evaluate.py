@@ -118,7 +118,7 @@ def test_evaluate_cli_known_answer_json_figure_and_cache(tmp_path, monkeypatch):
     write_known_case(tmp_path / "bench")
     weights = tmp_path / "w.pth"
     torch.save(build_model("dinov2_vits14", "salad-544", seed=3).state_dict(), weights)
-    argv = ["--weights", str(weights), "--backbone", "dinov2_vits14", "--variant", "salad-544", "--image-size", "70",
+    argv = ["--weights", str(weights), "--backbone", "dinov2_vits14", "--descriptor", "salad-544", "--image-size", "70",
             "--dataset", str(tmp_path / "bench"), "--out", str(tmp_path / "out"), "--num-workers", "0",
             "--device", "cpu", "--batch-size", "3"]
     assert evaluate.main(argv) == 0
@@ -126,6 +126,8 @@ def test_evaluate_cli_known_answer_json_figure_and_cache(tmp_path, monkeypatch):
     assert res["recall@1"] == 0.75 and res["recall@5"] == 1.0 and res["recall@10"] == 1.0
     assert res["num_queries"] == 4 and res["num_database"] == 4 and res["layout"] == "utm"
     assert res["recall_percent"]["R@1"] == 75.0
+    assert (res["backbone"], res["descriptor"], res["descriptor_dim"]) == ("dinov2_vits14", "salad-544", 544)
+    assert "variant" not in res
     png = tmp_path / "out" / "retrievals.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "out" / "cache").glob("*.npy"))) == 2
@@ -151,3 +153,30 @@ def test_evaluate_cli_errors(tmp_path):
                           "--backbone", "dinov2_vits14", "--image-size", "70"]) == 2
     assert evaluate.main(["--weights", str(tmp_path / "missing.pth"), "--dataset", str(tmp_path), "--out",
                           str(tmp_path / "o"), "--image-size", "100"]) == 2
+
+
+def test_defaults_are_the_papers_setting_and_variant_is_a_deprecated_alias(capsys):
+    args = evaluate.build_parser().parse_args(["--dataset", "d", "--out", "o"])
+    paper = ("hub", "dinov2_vitb14", "salad-8448", 322)
+    assert (args.weights, args.backbone, args.descriptor, args.image_size) == paper
+    with pytest.warns(FutureWarning, match="--variant is deprecated; use --descriptor"):
+        args = evaluate.build_parser().parse_args(["--dataset", "d", "--out", "o", "--variant", "salad-544"])
+    assert args.descriptor == "salad-544"
+    with pytest.raises(SystemExit):
+        evaluate.build_parser().parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--descriptor" in help_text and "--variant" not in help_text and "--gt-prefix" in help_text
+
+
+def test_hub_weights_unreachable_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(evaluate, "load_model", offline)
+    write_known_case(tmp_path / "bench")
+    assert evaluate.main(["--dataset", str(tmp_path / "bench"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weights hub: cannot fetch the released weights" in err[0]
+    assert "dino_salad.ckpt" in err[0]

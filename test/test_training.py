@@ -225,9 +225,10 @@ def test_training_lowers_loss_and_improves_heldout_recall(data, tmp_path):
     # The stand-alone evaluator on the exported weights agrees with the validation in training.
     from training import evaluate
 
-    assert evaluate.main(["--weights", str(out / "weights.pth"), "--backbone", "dinov2_vits14", "--variant", "salad-544",
-                          "--image-size", "70", "--dataset", str(data["heldout"]), "--out", str(tmp_path / "eval"),
-                          "--num-workers", "0", "--device", "cpu", "--figure-queries", "0"]) == 0
+    assert evaluate.main(["--weights", str(out / "weights.pth"), "--backbone", "dinov2_vits14",
+                          "--descriptor", "salad-544", "--image-size", "70", "--dataset", str(data["heldout"]),
+                          "--out", str(tmp_path / "eval"), "--num-workers", "0", "--device", "cpu",
+                          "--figure-queries", "0"]) == 0
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["recall@1"] == pytest.approx(r1_best)
 
 

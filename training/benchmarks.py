@@ -1,6 +1,6 @@
 """Visual place recognition test sets: which database images are positives for each query.
 
-Two on-disk layouts are understood:
+Three layouts are understood:
 
 * ``utm``: the common VPR benchmark layout (Pitts30k, MSLS, Tokyo 24/7, SF-XL, ... as
   prepared by the usual download scripts). ``<root>/database/`` and ``<root>/queries/`` (or
@@ -11,6 +11,9 @@ Two on-disk layouts are understood:
   of two traversals; a frame's index is the last integer in its file name (or, when names
   carry no usable number, its position in sorted order), and positives are database frames
   whose index is within ``tolerance`` of the query's.
+* ``gsv-lists``: the fixed lists of the GSV-Cities benchmark protocol (``<prefix>_dbImages.npy``,
+  ``_qImages.npy``, ``_gt.npy`` or ``_qIdx.npy`` + ``_pIdx.npy``) with which the paper was
+  measured; image paths are relative to the root. Read by :mod:`training.gsv_lists`.
 
 A held-out split of GSV-Cities places (query = one image per place, database = the others,
 positives = same place) is built by :func:`gsv_benchmark` for validation during training.
@@ -28,11 +31,17 @@ import numpy as np
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DB_DIRS = ("database", "db")
 QUERY_DIRS = ("queries", "query")
+#: Values of ``layout`` in :func:`load_benchmark`.
+LAYOUTS = ("auto", "utm", "sequence", "gsv-lists")
 
 
 @dataclass
 class Benchmark:
-    """A retrieval test set: image paths and, per query, the sorted indices of its positives."""
+    """A retrieval test set: image paths and, per query, the indices of its positives.
+
+    ``ground_truth`` is False for lists without positives (MSLS-challenge): the positive
+    lists are then empty and only a ranking can be produced.
+    """
 
     name: str
     layout: str
@@ -40,6 +49,7 @@ class Benchmark:
     query_paths: list[str]
     positives: list[np.ndarray]
     info: dict = field(default_factory=dict)
+    ground_truth: bool = True
 
     def __post_init__(self) -> None:
         if len(self.positives) != len(self.query_paths):
@@ -147,15 +157,34 @@ def detect_layout(root: str | Path) -> str:
     return "utm" if names and all(parse_utm(n) is not None for n in names) else "sequence"
 
 
-def load_benchmark(root: str | Path, layout: str = "auto", threshold: float = 25.0, tolerance: int = 10) -> Benchmark:
-    """Load a benchmark; ``layout`` is ``"auto"``, ``"utm"`` or ``"sequence"``."""
+def load_benchmark(
+    root: str | Path,
+    layout: str = "auto",
+    threshold: float = 25.0,
+    tolerance: int = 10,
+    gt_prefix: str | Path | None = None,
+    skip_missing: bool = False,
+) -> Benchmark:
+    """Load a benchmark; ``layout`` is one of :data:`LAYOUTS`.
+
+    With ``gt_prefix`` the layout is ``gsv-lists`` (``auto`` picks it); ``skip_missing`` then
+    leaves out listed images missing under ``root`` instead of refusing the lists.
+    """
+    if gt_prefix is not None:
+        if layout not in ("auto", "gsv-lists"):
+            raise ValueError(f"--gt-prefix goes with the gsv-lists layout, not '{layout}'")
+        from .gsv_lists import load_gsv_lists  # local import: gsv_lists builds on this module
+
+        return load_gsv_lists(root, gt_prefix, skip_missing)
+    if layout == "gsv-lists":
+        raise ValueError("the gsv-lists layout needs --gt-prefix (the lists' path prefix)")
     if layout == "auto":
         layout = detect_layout(root)
     if layout == "utm":
         return load_utm_benchmark(root, threshold)
     if layout == "sequence":
         return load_sequence_benchmark(root, tolerance)
-    raise ValueError(f"unknown benchmark layout '{layout}' (auto, utm or sequence)")
+    raise ValueError(f"unknown benchmark layout '{layout}' ({', '.join(LAYOUTS)})")
 
 
 def gsv_benchmark(root: str | Path, cities: Sequence[str], max_places: int | None = None, min_img_per_place: int = 2) -> Benchmark:

@@ -1,12 +1,19 @@
 """Recall@K of a SALAD model on a VPR benchmark, with cached descriptors and a retrieval figure.
 
+    python -m training.evaluate --weights hub --dataset /data/mapillary \\
+        --gt-prefix datasets/msls_val/msls_val --out results/msls_val
     python -m training.evaluate --weights weights.pth --backbone dinov2_vitb14 \\
         --image-size 322 --dataset /data/pitts30k/images/test --out results/pitts30k
+
+Defaults are the paper's setting: the released weights (``--weights hub``), ViT-B/14,
+the 8448-D descriptor, 322 x 322 input. ``--gt-prefix`` reads the GSV-Cities protocol lists
+(:mod:`training.gsv_lists`); without it, folder layouts (:mod:`training.benchmarks`).
 
 Writes ``<out>/results.json`` (``recall@1``, ``recall@5``, ... as fractions in [0, 1]),
 ``<out>/retrievals.png`` (the first queries and their top-3, green = right, red = wrong) and
 caches descriptors under ``<out>/cache`` (``--cache-dir``), keyed by weights file (path, size,
-modification time), model shape, image size and the image list.
+modification time), model shape, image size and the image list. ``--submission FILE`` writes
+the MSLS-challenge prediction file (lists without ground truth give no recalls).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,14 +34,25 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from salad_ros.model import BACKBONES, VARIANTS, DinoSalad, input_size, load_model, preprocess, resolve_device
+from salad_ros.model import (
+    BACKBONES,
+    SALAD_RELEASE_URL,
+    VARIANTS,
+    DinoSalad,
+    input_size,
+    load_model,
+    preprocess,
+    resolve_device,
+)
 
-from .benchmarks import Benchmark, load_benchmark
+from .benchmarks import LAYOUTS, Benchmark, load_benchmark
 from .data import read_rgb, worker_init
 
 log = logging.getLogger("training.evaluate")
 
 DEFAULT_KS = (1, 5, 10, 20)
+#: Database keys per query in an MSLS-challenge submission (what the paper's code writes).
+SUBMISSION_K = 25
 
 
 class ImageList(Dataset):
@@ -87,28 +106,41 @@ def compute_descriptors(
     return out, bad
 
 
-def recall_at_k(
-    query: np.ndarray, database: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int] = DEFAULT_KS
-) -> tuple[dict[int, float], np.ndarray]:
-    """Recall@K (fraction of queries with a positive among the top K by inner product).
-
-    Queries without any positive count as failures (they stay in the denominator). Returns
-    the recalls and the ranked database indices ``[num_queries, max K]``.
-    """
+def search(query: np.ndarray, database: np.ndarray, k: int) -> np.ndarray:
+    """Database indices ranked by inner product, ``[num_queries, min(k, len(database))]``."""
     import faiss  # imported here: only evaluation needs it
 
-    if len(positives) != len(query):
-        raise ValueError(f"{len(query)} query descriptors but {len(positives)} positive lists")
-    k_max = min(max(ks), len(database))
     index = faiss.IndexFlatIP(database.shape[1])
     index.add(np.ascontiguousarray(database, dtype=np.float32))
-    _, ranked = index.search(np.ascontiguousarray(query, dtype=np.float32), k_max)
-    hits = np.zeros((len(query), k_max), bool)
+    _, ranked = index.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(database)))
+    return ranked
+
+
+def recalls_from_ranking(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int]) -> dict[int, float]:
+    """Recall@K: the fraction of queries with any positive among their top K retrievals.
+
+    Queries without any positive count as failures (they stay in the denominator), as in the
+    GSV-Cities protocol; K beyond the ranking's width is capped at it.
+    """
+    if len(positives) != len(ranked):
+        raise ValueError(f"{len(ranked)} ranked queries but {len(positives)} positive lists")
+    if not len(ranked):
+        return {k: 0.0 for k in ks}
+    hits = np.zeros(ranked.shape, bool)
     for qi, pos in enumerate(positives):
         hits[qi] = np.isin(ranked[qi], pos)
     first_hit_within = np.cumsum(hits, axis=1) > 0  # [q, k]: a positive among the top k+1
-    recalls = {k: float(first_hit_within[:, min(k, k_max) - 1].mean()) if len(query) else 0.0 for k in ks}
-    return recalls, ranked
+    return {k: float(first_hit_within[:, min(k, ranked.shape[1]) - 1].mean()) for k in ks}
+
+
+def recall_at_k(
+    query: np.ndarray, database: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int] = DEFAULT_KS
+) -> tuple[dict[int, float], np.ndarray]:
+    """Recall@K by inner product (see :func:`recalls_from_ranking`) and the ranking ``[num_queries, max K]``."""
+    if len(positives) != len(query):
+        raise ValueError(f"{len(query)} query descriptors but {len(positives)} positive lists")
+    ranked = search(query, database, max(ks))
+    return recalls_from_ranking(ranked, positives, ks), ranked
 
 
 def weights_identity(weights: str | None) -> str:
@@ -142,6 +174,52 @@ def cached_descriptors(cache_dir: Path | None, key: str | None, compute) -> tupl
     return desc, bad, False
 
 
+def benchmark_descriptors(
+    model: DinoSalad,
+    bench: Benchmark,
+    image_size: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    amp: bool = False,
+    cache_dir: Path | None = None,
+    weights_id: str | None = None,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Database and query descriptors (cached when ``cache_dir`` and ``weights_id`` are given) and unreadable files."""
+    bad: list[str] = []
+    descs = []
+    for part, paths in (("database", bench.db_paths), ("queries", bench.query_paths)):
+        key = cache_key(weights_id, model, image_size, paths) if weights_id is not None else None
+        d, b, hit = cached_descriptors(cache_dir, key, lambda paths=paths, part=part: compute_descriptors(
+            model, paths, image_size, device, batch_size, num_workers, amp, f"{bench.name} {part}", show_progress))
+        if hit:
+            log.info("%s %s: descriptors from cache %s", bench.name, part, cache_dir / f"{key}.npy")
+        descs.append(d)
+        bad.extend(b)
+    if bad:
+        log.warning("%s: %d unreadable images replaced by black frames, e.g. %s", bench.name, len(bad), bad[:3])
+    return descs[0], descs[1], bad
+
+
+def score_benchmark(
+    bench: Benchmark, ranked: np.ndarray, bad: Sequence[str], ks: Sequence[int] = DEFAULT_KS
+) -> dict:
+    """Recall@K from a ranking (when the benchmark has ground truth) and the counts of the run."""
+    out: dict = {}
+    if bench.ground_truth:
+        out.update({f"recall@{k}": r for k, r in recalls_from_ranking(ranked, bench.positives, ks).items()})
+    out.update({
+        "num_queries": len(bench.query_paths),
+        "num_database": len(bench.db_paths),
+        "queries_without_positives": bench.num_without_positives if bench.ground_truth else None,
+        "unreadable_images": len(bad),
+    })
+    if bench.ground_truth and bench.num_without_positives:
+        log.warning("%s: %d queries have no positive; they count as failures", bench.name, bench.num_without_positives)
+    return out
+
+
 def evaluate_benchmark(
     model: DinoSalad,
     bench: Benchmark,
@@ -156,31 +234,26 @@ def evaluate_benchmark(
     show_progress: bool = True,
 ) -> tuple[dict, np.ndarray]:
     """Descriptors (cached when ``cache_dir`` and ``weights_id`` are given) and Recall@K."""
-    out: dict = {}
-    bad: list[str] = []
-    descs = []
-    for part, paths in (("database", bench.db_paths), ("queries", bench.query_paths)):
-        key = cache_key(weights_id, model, image_size, paths) if weights_id is not None else None
-        d, b, hit = cached_descriptors(cache_dir, key, lambda paths=paths, part=part: compute_descriptors(
-            model, paths, image_size, device, batch_size, num_workers, amp, f"{bench.name} {part}", show_progress))
-        if hit:
-            log.info("%s %s: descriptors from cache %s", bench.name, part, cache_dir / f"{key}.npy")
-        descs.append(d)
-        bad.extend(b)
-    recalls, ranked = recall_at_k(descs[1], descs[0], bench.positives, ks)
-    for k, r in recalls.items():
-        out[f"recall@{k}"] = r
-    out.update({
-        "num_queries": len(bench.query_paths),
-        "num_database": len(bench.db_paths),
-        "queries_without_positives": bench.num_without_positives,
-        "unreadable_images": len(bad),
-    })
-    if bad:
-        log.warning("%s: %d unreadable images replaced by black frames, e.g. %s", bench.name, len(bad), bad[:3])
-    if bench.num_without_positives:
-        log.warning("%s: %d queries have no positive; they count as failures", bench.name, bench.num_without_positives)
-    return out, ranked
+    db, queries, bad = benchmark_descriptors(model, bench, image_size, device, batch_size, num_workers, amp,
+                                             cache_dir, weights_id, show_progress)
+    ranked = search(queries, db, max(ks))
+    return score_benchmark(bench, ranked, bad, ks), ranked
+
+
+def write_submission(path: str | Path, bench: Benchmark, ranked: np.ndarray) -> Path:
+    """The MSLS-challenge prediction file: per query, its key and the ranked database keys.
+
+    A key is the image's file name without extension; one line per query, space-separated.
+    """
+    db_keys = [Path(p).stem for p in bench.db_paths]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for q, row in zip(bench.query_paths, ranked):
+            f.write(" ".join([Path(q).stem, *(db_keys[j] for j in row)]) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def format_table(name: str, results: dict, ks: Sequence[int] = DEFAULT_KS) -> str:
@@ -223,19 +296,40 @@ def save_retrieval_figure(bench: Benchmark, ranked: np.ndarray, path: str | Path
     return path
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old option name that still works but warns (``--variant`` for ``--descriptor``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        # warn_explicit: one clean line naming the tool, not argparse's internals
+        warnings.warn_explicit(f"{option_string} is deprecated; use --descriptor", FutureWarning, parser.prog, 0)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults are the paper's evaluation setting."""
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True,
+    p.add_argument("--weights", default="hub",
                    help="weights file (flat or training checkpoint), 'hub' for the released SALAD weights, 'random'")
     p.add_argument("--backbone", default="dinov2_vitb14", choices=sorted(BACKBONES))
-    p.add_argument("--variant", default="salad-8448", choices=sorted(VARIANTS), help="descriptor shape")
+    p.add_argument("--descriptor", default="salad-8448", choices=sorted(VARIANTS), help="descriptor variant")
+    p.add_argument("--variant", dest="descriptor", choices=sorted(VARIANTS), action=_DeprecatedAlias,
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=322, help="square input size, multiple of 14 (paper: 322)")
-    p.add_argument("--dataset", required=True, help="benchmark root with database/ and queries/")
-    p.add_argument("--layout", default="auto", choices=["auto", "utm", "sequence"])
+    p.add_argument("--dataset", required=True,
+                   help="benchmark root: database/ + queries/, or the folder the --gt-prefix image paths start from")
+    p.add_argument("--gt-prefix", default=None, metavar="PREFIX",
+                   help="GSV-Cities protocol lists PREFIX_dbImages.npy, PREFIX_qImages.npy and PREFIX_gt.npy "
+                        "(or PREFIX_qIdx.npy + PREFIX_pIdx.npy)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="--gt-prefix: leave out listed images missing under --dataset (reported) instead of failing")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS)
     p.add_argument("--threshold", type=float, default=25.0, help="utm layout: positive radius in metres")
     p.add_argument("--tolerance", type=int, default=10, help="sequence layout: positive frame distance")
     p.add_argument("--out", required=True, help="output folder (results.json, retrievals.png, cache/)")
+    p.add_argument("--submission", default=None, metavar="FILE",
+                   help="also write an MSLS-challenge prediction file (query key, then the top database keys)")
+    p.add_argument("--submission-k", type=int, default=SUBMISSION_K, help="database keys per query in --submission")
     p.add_argument("--cache-dir", default=None, help="descriptor cache (default <out>/cache)")
     p.add_argument("--no-cache", action="store_true", help="always recompute descriptors")
     p.add_argument("--batch-size", type=int, default=32)
@@ -247,6 +341,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_ks(text: str) -> list[int]:
+    """Sorted distinct K values from ``"1,5,10"``; refuses non-positive ones."""
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--ks must list positive integers, got '{text}'")
+    return ks
+
+
+def prepare(args: argparse.Namespace) -> tuple[Benchmark, DinoSalad, torch.device, list[int]]:
+    """Check the arguments, load the benchmark and the model; raises on bad input."""
+    input_size(args.image_size)
+    ks = parse_ks(args.ks)
+    if args.submission_k < 1:
+        raise ValueError(f"--submission-k must be >= 1, got {args.submission_k}")
+    bench = load_benchmark(args.dataset, args.layout, args.threshold, args.tolerance, args.gt_prefix, args.skip_missing)
+    if not bench.ground_truth and not args.submission:
+        raise ValueError(f"{bench.name}: the lists carry no ground truth (no _gt.npy or _pIdx.npy): "
+                         "pass --submission FILE to write the challenge's prediction file")
+    device = resolve_device(args.device)
+    weights = None if args.weights == "random" else args.weights
+    try:
+        model = load_model(weights, backbone=args.backbone, variant=args.descriptor, device=device)
+    except OSError as exc:
+        if weights != "hub":
+            raise
+        raise RuntimeError(f"--weights hub: cannot fetch the released weights ({exc}); download "
+                           f"{SALAD_RELEASE_URL} and pass the file") from exc
+    return bench, model, device, ks
+
+
+def run(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, device: torch.device, ks: list[int],
+        out_dir: Path) -> tuple[dict, np.ndarray]:
+    """Descriptors, ranking, recalls and (with ``--submission``) the prediction file."""
+    cache_dir = None if args.no_cache else Path(args.cache_dir or out_dir / "cache")
+    weights_id = weights_identity(None if args.weights == "random" else args.weights) if cache_dir else None
+    db, queries, bad = benchmark_descriptors(model, bench, args.image_size, device, args.batch_size,
+                                             args.num_workers, args.amp, cache_dir, weights_id)
+    ranked = search(queries, db, max(max(ks), args.submission_k if args.submission else 0))
+    results = score_benchmark(bench, ranked[:, :max(ks)], bad, ks)
+    if args.submission:
+        sub = write_submission(args.submission, bench, ranked[:, :args.submission_k])
+        log.info("MSLS-challenge prediction file (top %d per query): %s", min(args.submission_k, len(db)), sub)
+    return results, ranked[:, :max(ks)]
+
+
+def build_report(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, results: dict, ks: list[int]) -> dict:
+    """``results.json``: recalls, counts, the benchmark's definition and the model."""
+    report = dict(results)
+    if bench.ground_truth:
+        report["recall_percent"] = {f"R@{k}": round(100 * results[f"recall@{k}"], 2) for k in ks}
+    report.update({"dataset": str(Path(args.dataset).resolve()), "name": bench.name, "layout": bench.layout})
+    if bench.layout == "utm":
+        report["threshold_m"] = args.threshold
+    elif bench.layout == "sequence":
+        report["tolerance_frames"] = args.tolerance
+    else:
+        report.update(bench.info)
+    report.update({
+        "weights": args.weights,
+        "backbone": model.backbone_name,
+        "descriptor": args.descriptor,
+        "descriptor_dim": model.output_dim,
+        "image_size": args.image_size,
+    })
+    if args.submission:
+        report.update({"submission": str(Path(args.submission).resolve()), "submission_k": args.submission_k})
+    return report
+
+
+def format_counts(report: dict) -> str:
+    """One line: queries, database images, queries without positives and any skipped images."""
+    line = f"{report['name']}: {report['num_queries']} queries, {report['num_database']} database images"
+    if report.get("queries_without_positives"):
+        line += f", {report['queries_without_positives']} queries without positives (counted as failures)"
+    if report.get("skipped_database") or report.get("skipped_queries"):
+        line += (f"; SKIPPED (--skip-missing) {report['skipped_database']} database and "
+                 f"{report['skipped_queries']} query images missing under the root: not the full benchmark")
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (console script ``salad_evaluate``)."""
     args = build_parser().parse_args(argv)
@@ -254,41 +431,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     try:
-        input_size(args.image_size)
-        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
-        if not ks or ks[0] < 1:
-            raise ValueError(f"--ks must list positive integers, got '{args.ks}'")
-        bench = load_benchmark(args.dataset, args.layout, args.threshold, args.tolerance)
-        device = resolve_device(args.device)
-        weights = None if args.weights == "random" else args.weights
-        model = load_model(weights, backbone=args.backbone, variant=args.variant, device=device)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        bench, model, device, ks = prepare(args)
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = None if args.no_cache else Path(args.cache_dir or out_dir / "cache")
     log.info("%s (%s layout): %d queries, %d database images; model %s at %d px",
              bench.name, bench.layout, len(bench.query_paths), len(bench.db_paths), model.variant, args.image_size)
-    results, ranked = evaluate_benchmark(
-        model, bench, args.image_size, device, args.batch_size, args.num_workers, ks, args.amp,
-        cache_dir, weights_identity(weights) if cache_dir is not None else None,
-    )
-    results = {
-        **results,
-        "recall_percent": {f"R@{k}": round(100 * results[f"recall@{k}"], 2) for k in ks},
-        "dataset": str(Path(args.dataset).resolve()),
-        "name": bench.name,
-        "layout": bench.layout,
-        **({"threshold_m": args.threshold} if bench.layout == "utm" else {"tolerance_frames": args.tolerance}),
-        "weights": args.weights,
-        "backbone": args.backbone,
-        "variant": model.variant,
-        "image_size": args.image_size,
-    }
-    print(format_table(bench.name, results, ks))
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if args.figure_queries > 0:
+    results, ranked = run(args, bench, model, device, ks, out_dir)
+    report = build_report(args, bench, model, results, ks)
+    if bench.ground_truth:
+        print(format_table(bench.name, report, ks))
+    print(format_counts(report))
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.figure_queries > 0 and bench.ground_truth:
         fig = save_retrieval_figure(bench, ranked, out_dir / "retrievals.png", args.figure_queries)
         log.info("retrieval figure: %s", fig)
     log.info("results: %s", out_dir / "results.json")

@@ -104,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many steps in total (the lr schedule still spans --epochs)")
 
     g = p.add_argument_group("validation")
-    g.add_argument("--val-dataset", action="append", default=[],
-                   help="benchmark folder (database/, queries/), repeatable; R@1 of the first picks best.ckpt")
+    g.add_argument("--val-dataset", action="append", nargs="+", default=[], metavar=("ROOT", "GT_PREFIX"),
+                   help="benchmark folder (database/, queries/), or an image root followed by the prefix of its "
+                        "GSV-Cities protocol lists (PREFIX_dbImages.npy, ...); repeatable; R@1 of the first picks "
+                        "best.ckpt")
     g.add_argument("--val-cities", default=None, help="comma-separated GSV cities held out as a validation set")
     g.add_argument("--val-max-places", type=int, default=1000, help="cap on held-out GSV places")
     g.add_argument("--val-image-size", type=int, default=None, help="default: --image-size")
@@ -146,6 +148,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if (size // 14) ** 2 <= m:
             p.error(f"--{name.replace('_', '-')} {size} gives {(size // 14) ** 2} patches, not more than the "
                     f"{m} clusters of {args.variant}: use a larger image or a smaller variant")
+    for val in args.val_dataset:
+        if len(val) > 2:
+            p.error(f"--val-dataset takes a root and at most one list prefix, got {' '.join(val)}")
     if args.min_img_per_place is None:
         args.min_img_per_place = args.img_per_place
     if args.img_per_place < 2:
@@ -359,7 +364,11 @@ class BadImages:
 
 
 def load_val_sets(args: argparse.Namespace) -> list[Benchmark]:
-    sets = [load_benchmark(d) for d in args.val_dataset]
+    """Validation benchmarks: ``--val-dataset ROOT [GT_PREFIX]`` entries, then held-out GSV cities."""
+    sets = [load_benchmark(root, gt_prefix=prefix[0] if prefix else None) for root, *prefix in args.val_dataset]
+    without = [b.name for b in sets if not b.ground_truth]
+    if without:
+        raise ValueError(f"--val-dataset {without[0]}: its lists carry no ground truth, so it cannot validate")
     if args.val_cities:
         sets.append(gsv_benchmark(args.data_root, args.val_cities.split(","), args.val_max_places))
     return sets
