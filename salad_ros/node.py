@@ -51,11 +51,7 @@ from .io.trajectory import Trajectory
 from .node_state import LatestFrameSlot, NodeStats, rss_bytes
 from .ros_params import declare_config
 from .settings import SaladConfig
-from .verification import ThumbnailStore
 
-# Colour JPEG thumbnails of keyframes for the debug view's match panel (count-bounded).
-_THUMBNAIL_COUNT = 1024
-_THUMBNAIL_SIDE = 160
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
 # Poses kept for stamp lookup (odometry at 100 Hz covers 2.5 s).
@@ -122,13 +118,8 @@ class LoopClosureNode(Node):
         self._bad_logged: dict[str, float] = {}
         self._poses: collections.deque = collections.deque(maxlen=_POSE_HISTORY)
         self._poses_lock = threading.Lock()
-        # Colour thumbnails for the debug view's match panel (the detector's verification
-        # thumbnails are grey and exist only when verification is on). Bounded by count; the byte
-        # bound (raw size) never binds before it.
-        self._thumbs = ThumbnailStore(_THUMBNAIL_COUNT, _THUMBNAIL_COUNT * 3 * _THUMBNAIL_SIDE**2,
-                                      _THUMBNAIL_SIDE, quality=85, color=True)
-        self._db_size = len(self.pipeline.database)
-        self._db_memory = self.pipeline.database.memory_bytes()
+        self._db_size = self.pipeline.keyframe_count
+        self._db_memory = self.pipeline.memory_bytes()
         self._last_diag = (time.monotonic(), 0, 0)
         self._closed = False
 
@@ -155,11 +146,11 @@ class LoopClosureNode(Node):
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: {self.pipeline.encoder.describe()}; subscribed to "
+            f"ready: {self.pipeline.describe()}; subscribed to "
             f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
             f"{'reliable' if node_cfg.reliable_qos else 'best effort'}); database "
-            f"{len(self.pipeline.database)} keyframes"
-            + (f" from {node_cfg.database_path}" if len(self.pipeline.database) else "")
+            f"{self.pipeline.keyframe_count} keyframes"
+            + (f" from {node_cfg.database_path}" if self.pipeline.keyframe_count else "")
         )
 
     # -- start-up ---------------------------------------------------------------------------
@@ -187,21 +178,22 @@ class LoopClosureNode(Node):
             except Exception as exc:  # noqa: BLE001 - checkpoint/engine problems: one clear line
                 what = "weights" if model.backend == "torch" else "engine"
                 raise StartupError(f"parameter '{what}': {one_line(exc)}") from exc
+        try:
+            # colour thumbnails: the debug view's match panel
+            self.pipeline = LoopClosurePipeline(self.cfg, encoder=encoder, color_thumbnails=True)
+        except ConfigError as exc:
+            raise StartupError(one_line(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a database saved by another model
+            raise StartupError(f"parameter 'database_path': {one_line(exc)}") from exc
         # The descriptor identity says it for every backend (an ONNX/engine file exported from
         # random weights carries the same '/random' fingerprint).
-        self.random_weights = encoder.random_weights
+        self.random_weights = self.pipeline.random_weights
         if self.random_weights:
             for line in ("*" * 72,
                          "RANDOM WEIGHTS: no trained weights (empty 'weights', or a file exported from random ones).",
                          "Descriptors are meaningless; loop candidates are NOT real. Development only.",
                          "*" * 72):
                 self.get_logger().warning(line)
-        try:
-            self.pipeline = LoopClosurePipeline(self.cfg, encoder=encoder)
-        except ConfigError as exc:
-            raise StartupError(one_line(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - e.g. a database saved by another model
-            raise StartupError(f"parameter 'database_path': {one_line(exc)}") from exc
 
     # -- input (executor thread) -------------------------------------------------------------
 
@@ -242,7 +234,7 @@ class LoopClosureNode(Node):
             history = list(self._poses)
         if not history:
             return None
-        stamps, poses = zip(*history)
+        stamps, poses = zip(*history, strict=True)
         return Trajectory.from_poses(stamps, poses).lookup([stamp_ns], int(self.cfg.node.pose_tolerance * 1e9))[0]
 
     # -- worker thread -----------------------------------------------------------------------
@@ -267,10 +259,7 @@ class LoopClosureNode(Node):
             t0 = time.perf_counter()
             result = self.pipeline.process(frame.rgb, frame.stamp_ns, pose=pose, frame_id=frame.header.frame_id)
             latency = time.perf_counter() - t0
-            database = self.pipeline.database
-            if result.is_keyframe and result.keyframe_id is not None:
-                self._thumbs.put(result.keyframe_id, frame.rgb)
-            self._db_size = len(database)
+            self._db_size = self.pipeline.keyframe_count
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.latencies.append(latency)
@@ -284,7 +273,7 @@ class LoopClosureNode(Node):
             self._publish_debug(frame, result)
         # memory_bytes may walk the index: refresh it off the latency-critical path
         with self._pipeline_lock:
-            self._db_memory = self.pipeline.database.memory_bytes()
+            self._db_memory = self.pipeline.memory_bytes()
 
     def _publish_keyframe(self, frame: _Frame, keyframe_id: int) -> None:
         sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
@@ -321,12 +310,12 @@ class LoopClosureNode(Node):
 
     def _publish_debug(self, frame: _Frame, result: Any) -> None:
         try:
-            mass = self.pipeline.encoder.heatmap(frame.rgb)  # a second forward pass: only on demand
+            mass = self.pipeline.heatmap(frame.rgb)  # a second forward pass: only on demand
         except Exception:  # noqa: BLE001 - a backend without heat maps still gets the side-by-side view
             mass = None
         best = min(result.candidates, key=lambda c: c.rank) if result.candidates else None
         with self._pipeline_lock:
-            match = self._thumbs.get(best.match_id) if best is not None else None
+            match = self.pipeline.thumbnail(best.match_id, color=True) if best is not None else None
         view = debug_image.compose(
             frame.rgb, match=match, mass=mass,
             query_id=result.keyframe_id if result.is_keyframe else None,
@@ -348,7 +337,7 @@ class LoopClosureNode(Node):
             return response
         try:
             with self._pipeline_lock:
-                n = len(self.pipeline.database)
+                n = self.pipeline.keyframe_count
                 self.pipeline.save(path)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
             response.success, response.message = False, f"saving to {path} failed: {one_line(exc)}"
@@ -360,11 +349,10 @@ class LoopClosureNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._pipeline_lock:
-            n = len(self.pipeline.database)
+            n = self.pipeline.keyframe_count
             self.pipeline.reset()
-            self._thumbs.clear()
-            self._db_size = len(self.pipeline.database)
-            self._db_memory = self.pipeline.database.memory_bytes()
+            self._db_size = self.pipeline.keyframe_count
+            self._db_memory = self.pipeline.memory_bytes()
         response.success, response.message = True, f"forgot {n} keyframes (the saved database is untouched)"
         self.get_logger().info(response.message)
         return response
@@ -378,7 +366,7 @@ class LoopClosureNode(Node):
         dt = max(now - t_prev, 1e-6)
         self._last_diag = (now, s["received"], s["processed"])
         lat = np.asarray(s["latencies"], dtype=np.float64) * 1000.0
-        encoder = self.pipeline.encoder
+        pipeline = self.pipeline
         values = {
             "input_rate_hz": f"{(s['received'] - received_prev) / dt:.2f}",
             "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
@@ -396,9 +384,9 @@ class LoopClosureNode(Node):
             "keyframes_published": s["keyframes_published"],
             "candidate_messages": s["candidate_messages"],
             "candidates": s["candidates"],
-            "device": encoder.device,
-            "backend": encoder.backend,
-            "model": encoder.model_name,
+            "device": pipeline.device,
+            "backend": pipeline.backend,
+            "model": pipeline.model_name,
             "precision": self.cfg.model.precision,
             "random_weights": str(self.random_weights).lower(),
         }
@@ -411,7 +399,7 @@ class LoopClosureNode(Node):
             level, message = DiagnosticStatus.WARN, "no images received"
         return DiagnosticStatus(
             level=level, name=f"{self.get_fully_qualified_name()}: loop closure", message=message,
-            hardware_id=encoder.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            hardware_id=pipeline.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
         )
 
     def _publish_diagnostics(self) -> None:
@@ -438,7 +426,7 @@ class LoopClosureNode(Node):
                 self._log("error", "database not saved: the worker still holds it")
                 return
             try:
-                n = len(self.pipeline.database)
+                n = self.pipeline.keyframe_count
                 path = self.pipeline.save()
                 self._log("info", f"saved {n} keyframes to {path}")
             except Exception as exc:  # noqa: BLE001 - report and still exit

@@ -20,11 +20,15 @@ from .backends import Encoder, create_encoder, is_random_model_name
 from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
 from .detector import FrameResult, LoopDetector
 from .settings import SaladConfig
+from .verification import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
 #: Verification thumbnails saved beside the keyframe database (a cache: the map loads without it).
 THUMBNAILS_FILE = "thumbnails.npz"
+#: Colour keyframe thumbnails for a live view (count-bounded; the byte bound never binds first).
+COLOR_THUMBNAIL_COUNT = 1024
+COLOR_THUMBNAIL_SIDE = 160
 
 
 def database_exists(path: str | Path) -> bool:
@@ -52,12 +56,19 @@ class LoopClosurePipeline:
     With ``cfg.node.database_path`` pointing at a saved database, that map is loaded first
     (multi-session operation); a database made by another model or damaged is refused.
     ``encoder`` replaces the one ``cfg.model`` describes (tests, a model shared between
-    pipelines). Not thread-safe: callers serialise access (the node holds a lock).
+    pipelines). With ``color_thumbnails`` the pipeline also keeps small colour thumbnails of
+    recent keyframes for a live view (:meth:`thumbnail` with ``color=True``); it owns every
+    thumbnail, so a reset forgets them all. Not thread-safe: callers serialise access (the node
+    holds a lock).
     """
 
-    def __init__(self, cfg: SaladConfig, encoder: Encoder | None = None) -> None:
+    def __init__(self, cfg: SaladConfig, encoder: Encoder | None = None, *, color_thumbnails: bool = False) -> None:
         self.cfg = cfg
         self.encoder = encoder or create_encoder(cfg.model)
+        self._color_thumbs = ThumbnailStore(
+            COLOR_THUMBNAIL_COUNT, COLOR_THUMBNAIL_COUNT * 3 * COLOR_THUMBNAIL_SIDE**2, COLOR_THUMBNAIL_SIDE,
+            quality=85, color=True,
+        ) if color_thumbnails else None
         path = cfg.node.database_path
         if database_exists(path):
             self.database = KeyframeDatabase.load(
@@ -113,8 +124,11 @@ class LoopClosurePipeline:
         detect_s: list[float] = []
         for d, s, p, img, f in zip(descriptors, stamps_ns, poses, images, frame_ids, strict=True):
             t0 = time.perf_counter()
-            frames.append(self.detector.process(d, int(s), pose=p, image=img, frame_id=f))
+            result = self.detector.process(d, int(s), pose=p, image=img, frame_id=f)
             detect_s.append(time.perf_counter() - t0)
+            if self._color_thumbs is not None and result.is_keyframe and result.keyframe_id is not None:
+                self._color_thumbs.put(result.keyframe_id, img)
+            frames.append(result)
         return BatchResult(frames, descriptors, encode_s, detect_s)
 
     # -- the model
@@ -165,10 +179,11 @@ class LoopClosurePipeline:
         """The stored keyframe (stamp, frame id, pose, metadata); KeyError when there is none."""
         return self.database.get(keyframe_id)
 
-    def thumbnail(self, keyframe_id: int) -> np.ndarray | None:
-        """The keyframe's verification thumbnail (grey uint8), or None when verification is off
-        or the bounded store has evicted or never had it."""
-        store = self.detector.thumbnails
+    def thumbnail(self, keyframe_id: int, color: bool = False) -> np.ndarray | None:
+        """The keyframe's verification thumbnail (grey uint8), or with ``color`` its colour
+        thumbnail (RGB uint8, needs ``color_thumbnails``); None when that store is off or the
+        bounded store has evicted or never had it."""
+        store = self._color_thumbs if color else self.detector.thumbnails
         return store.get(keyframe_id) if store is not None else None
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -189,3 +204,5 @@ class LoopClosurePipeline:
         """Forget every keyframe and the detector's history (the saved file is not touched)."""
         self.database = KeyframeDatabase.from_config(self.encoder.dim, self.cfg.database, self.encoder.model_name)
         self.detector = LoopDetector(self.cfg.detector, self.database)
+        if self._color_thumbs is not None:
+            self._color_thumbs.clear()

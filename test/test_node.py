@@ -208,14 +208,14 @@ def test_save_reset_and_second_session(ctx, encoder, tmp_path):
             assert res.success and "saved 3 keyframes" in res.message
             assert len(KeyframeDatabase.load(db)) == 3
             res = call(col, reset)
-            assert res.success and len(node.pipeline.database) == 0
+            assert res.success and node.pipeline.keyframe_count == 0
             assert len(KeyframeDatabase.load(db)) == 3  # reset leaves the saved map alone
     finally:
         node.destroy_node()
     # second session: the saved map is loaded, a revisit of scene 0 matches keyframe 0 of session 1
     node = make_node(ctx, "/ms", encoder, database_path=str(db))
     try:
-        assert len(node.pipeline.database) == 3
+        assert node.pipeline.keyframe_count == 3
         with Spinner(ctx, node, col):
             assert col.wait_for_node()
             publish_sequence(col, [0], t0_ns=1000 * SEC, processed=lambda: node.stats.processed)

@@ -113,6 +113,24 @@ def test_any_encoder_object_works_and_names_its_weights(images):
     out = pipe.process_batch(images[:3], [0, 10**9, 2 * 10**9])
     assert [r.keyframe_id for r in out.frames] == [0, 1, 2] and out.descriptors.shape == (3, 12)
     assert pipe.thumbnail(0) is None  # verification off: no thumbnails
+    assert pipe.thumbnail(0, color=True) is None  # colour thumbnails not asked for
+
+
+def test_pipeline_owns_the_colour_thumbnails_of_a_live_view(images):
+    pipe = LoopClosurePipeline(load_config(overrides=SMALL), encoder=_ThumbEncoder(), color_thumbnails=True)
+    out = pipe.process_batch(images[:3], [0, 10**9, 2 * 10**9])
+    assert [r.keyframe_id for r in out.frames] == [0, 1, 2]
+    thumb = pipe.thumbnail(1, color=True)
+    assert thumb is not None and thumb.shape == (96, 128, 3)  # within 160 px: kept at its size
+    # colour, and of that keyframe: compare 16x16-block colour means (JPEG smooths the noise frames)
+    def blocks(im):
+        return im.astype(float).reshape(6, 16, 8, 16, 3).mean(axis=(1, 3))
+
+    own, other = (np.abs(blocks(thumb) - blocks(images[i])).mean() for i in (1, 2))
+    assert own < 3 and other > 3 * own
+    assert pipe.thumbnail(1) is None  # verification off: the grey store does not exist
+    pipe.reset()
+    assert pipe.thumbnail(1, color=True) is None  # a reset forgets every thumbnail
 
 
 def test_save_without_path_is_an_error():
