@@ -25,9 +25,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from salad_ros.backends import ModelConfig, check_weights_file, is_random_model_name
 from salad_ros.backends.contract import INPUT_NAME, OUTPUT_NAME, run_in_batches
 from salad_ros.fileio import file_fingerprint, move_into_place, sha256_file
 from salad_ros.model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, VARIANTS, DinoSalad, load_model, variant_dims
+from salad_ros.params import ConfigError
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs
 from .graph import bypass_identities, prune_initializers, stabilize_logsumexp, to_mixed_precision
@@ -258,8 +260,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      f"than its {clusters} clusters: use at least {smallest}")
     if args.opset < MIN_OPSET:
         parser.error(f"--opset {args.opset} is below {MIN_OPSET}")
-    if args.weights and not Path(args.weights).is_file():
-        parser.error(f"--weights {args.weights} does not exist")
+    if args.weights:
+        try:  # the one weights-file check the node and replay use
+            check_weights_file(ModelConfig(weights=args.weights))
+        except ConfigError as exc:
+            parser.error(f"--weights: {exc}")
     if not args.out.endswith(".onnx"):
         parser.error(f"--out {args.out} should end in .onnx")
     if args.verify_count < 2:
@@ -292,8 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         staging.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {meta['model_name']}, {meta['descriptor_dim']}-D, "
           f"input {meta['input_shape']}, {meta['precision']}, opset {meta['opset']}")
-    from salad_ros.backends import is_random_model_name  # the node's and replay's notion of random weights
-
     if is_random_model_name(meta["model_name"]):
         print(f"WARNING: RANDOM WEIGHTS - {out} computes meaningless descriptors (testing only); "
               "the node and salad_replay flag it as random weights")

@@ -32,7 +32,15 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from salad_ros.backends.contract import EXPORT_METADATA_KEYS, INPUT_NAME, OUTPUT_NAME, default_cache_dir, read_onnx_metadata, run_in_batches
+from salad_ros.backends import ModelConfig, check_weights_file, is_random_model_name
+from salad_ros.backends.contract import (
+    EXPORT_METADATA_KEYS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    default_cache_dir,
+    read_onnx_metadata,
+    run_in_batches,
+)
 from salad_ros.backends.tensorrt_backend import (
     TensorRTRunner,
     TensorRTUnavailable,
@@ -43,6 +51,7 @@ from salad_ros.backends.tensorrt_backend import (
 )
 from salad_ros.fileio import file_fingerprint, sha256_file, write_bytes_atomic
 from salad_ros.model import load_model, variant_dims
+from salad_ros.params import ConfigError
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs
 from .graph import runs_in_fp16, to_mixed_precision
@@ -338,8 +347,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--verify-count must be at least 2")
     if args.min_cosine is not None and not 0 < args.min_cosine <= 1:
         parser.error("--min-cosine must be in (0, 1]")
-    if args.weights and not Path(args.weights).is_file():
-        parser.error(f"--weights {args.weights} does not exist")
+    if args.weights:
+        try:  # the one weights-file check the node and replay use
+            check_weights_file(ModelConfig(weights=args.weights))
+        except ConfigError as exc:
+            parser.error(f"--weights: {exc}")
     return args
 
 
@@ -417,8 +429,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_cache:
         write_engine(cached, engine, sidecar)
     print(f"wrote {out} and {sidecar_path(out)}: {meta['model_name']}")
-    from salad_ros.backends import is_random_model_name  # the node's and replay's notion of random weights
-
     if is_random_model_name(meta["model_name"]):
         print(f"WARNING: RANDOM WEIGHTS - {out} computes meaningless descriptors (testing only)")
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from salad_ros.fileio import file_fingerprint
 from salad_ros.model import build_model
 from training import evaluate
 from training.benchmarks import (
@@ -128,6 +129,8 @@ def test_evaluate_cli_known_answer_json_figure_and_cache(tmp_path, monkeypatch):
     assert res["recall_percent"]["R@1"] == 75.0
     assert (res["backbone"], res["descriptor"], res["descriptor_dim"]) == ("dinov2_vits14", "salad-544", 544)
     assert "variant" not in res
+    # named as the node names its descriptors: trained weights, not random
+    assert res["model_name"] == f"dinov2_vits14/16x32+32@70/{file_fingerprint(weights)}" and res["random_weights"] is False
     png = tmp_path / "out" / "retrievals.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "out" / "cache").glob("*.npy"))) == 2
@@ -148,11 +151,27 @@ def test_evaluate_cli_known_answer_json_figure_and_cache(tmp_path, monkeypatch):
     assert evaluate.weights_identity("random") == "random"
 
 
-def test_evaluate_cli_errors(tmp_path):
+def test_evaluate_random_weights_are_flagged_like_the_node_does(tmp_path, capsys):
+    write_known_case(tmp_path / "bench")
+    argv = ["--weights", "random", "--backbone", "dinov2_vits14", "--descriptor", "salad-544", "--image-size", "70",
+            "--dataset", str(tmp_path / "bench"), "--out", str(tmp_path / "out"), "--num-workers", "0",
+            "--device", "cpu", "--no-cache", "--figure-queries", "0"]
+    assert evaluate.main(argv) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["random_weights"] is True and res["model_name"].endswith("@70/random")
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+
+
+def test_evaluate_cli_errors(tmp_path, capsys):
     assert evaluate.main(["--weights", "random", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                           "--backbone", "dinov2_vits14", "--image-size", "70"]) == 2
     assert evaluate.main(["--weights", str(tmp_path / "missing.pth"), "--dataset", str(tmp_path), "--out",
                           str(tmp_path / "o"), "--image-size", "100"]) == 2
+    write_known_case(tmp_path / "bench")
+    capsys.readouterr()
+    assert evaluate.main(["--weights", str(tmp_path / "missing.pth"), "--dataset", str(tmp_path / "bench"), "--out",
+                          str(tmp_path / "o"), "--image-size", "70", "--backbone", "dinov2_vits14"]) == 2
+    assert capsys.readouterr().err == f"error: parameter 'weights': file not found: {tmp_path / 'missing.pth'}\n"
 
 
 def test_defaults_are_the_papers_setting_and_variant_is_a_deprecated_alias(capsys):

@@ -31,8 +31,8 @@ from salad_ros.backends.tensorrt_backend import (
     sidecar_path,
     unavailable_reason,
 )
-from salad_ros.config import ConfigError
 from salad_ros.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from salad_ros.params import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 168
@@ -199,7 +199,7 @@ def test_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
     (["--opset", "16"], "below 17"),
     (["--batch", "0"], "positive"),
     (["--batch", "many"], "'dynamic' or a positive integer"),
-    (["--weights", "/nonexistent.ckpt"], "does not exist"),
+    (["--weights", "/nonexistent.ckpt"], "file not found: /nonexistent.ckpt"),
 ])
 def test_export_cli_rejects_bad_arguments(argv, message, capsys):
     base = ["--out", "x.onnx"] + ([] if "--weights" in argv else ["--random-weights"])

@@ -250,6 +250,12 @@ def test_hub_path_uses_cached_release_file(tmp_path, monkeypatch, released_state
     torch.save(released_state, cache / "dino_salad.ckpt")  # what a first online run would have fetched
     model = load_model("hub", backbone="dinov2_vits14")
     assert torch.equal(model.aggregator.dust_bin, released_state["aggregator.dust_bin"])
+    # the encoder names its descriptors by the downloaded file's content, like a local file
+    from salad_ros.backends import ModelConfig, create_encoder
+    from salad_ros.fileio import file_fingerprint
+
+    enc = create_encoder(ModelConfig(weights="hub", backbone="dinov2_vits14", image_size=126, device="cpu"))
+    assert enc.model_name.endswith("/" + file_fingerprint(cache / "dino_salad.ckpt")) and not enc.random_weights
 
 
 # --- preprocessing ----------------------------------------------------------------------------

@@ -34,6 +34,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from salad_ros.backends import ModelConfig, check_weights_file, is_random_model_name
+from salad_ros.fileio import file_fingerprint
 from salad_ros.model import (
     BACKBONES,
     SALAD_RELEASE_URL,
@@ -43,6 +45,7 @@ from salad_ros.model import (
     load_model,
     preprocess,
     resolve_device,
+    weights_file,
 )
 
 from .benchmarks import LAYOUTS, Benchmark, load_benchmark
@@ -364,6 +367,8 @@ def prepare(args: argparse.Namespace) -> tuple[Benchmark, DinoSalad, torch.devic
                          "pass --submission FILE to write the challenge's prediction file")
     device = resolve_device(args.device)
     weights = None if args.weights == "random" else args.weights
+    if weights is not None:
+        check_weights_file(ModelConfig(weights=weights))  # the node's and replay's check (ConfigError)
     try:
         model = load_model(weights, backbone=args.backbone, variant=args.descriptor, device=device)
     except OSError as exc:
@@ -390,7 +395,9 @@ def run(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, device: to
 
 
 def build_report(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, results: dict, ks: list[int]) -> dict:
-    """``results.json``: recalls, counts, the benchmark's definition and the model."""
+    """``results.json``: recalls, counts, the benchmark's definition and the model (named as the
+    node and replay name it, with the same notion of random weights)."""
+    weights = None if args.weights == "random" else args.weights
     report = dict(results)
     if bench.ground_truth:
         report["recall_percent"] = {f"R@{k}": round(100 * results[f"recall@{k}"], 2) for k in ks}
@@ -401,8 +408,11 @@ def build_report(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, r
         report["tolerance_frames"] = args.tolerance
     else:
         report.update(bench.info)
+    model_name = f"{model.variant}@{args.image_size}/{file_fingerprint(weights_file(weights, model.backbone_name))}"
     report.update({
         "weights": args.weights,
+        "model_name": model_name,
+        "random_weights": is_random_model_name(model_name),
         "backbone": model.backbone_name,
         "descriptor": args.descriptor,
         "descriptor_dim": model.output_dim,
@@ -441,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
              bench.name, bench.layout, len(bench.query_paths), len(bench.db_paths), model.variant, args.image_size)
     results, ranked = run(args, bench, model, device, ks, out_dir)
     report = build_report(args, bench, model, results, ks)
+    if report["random_weights"]:
+        print("WARNING: RANDOM WEIGHTS - these recalls are not a measure of SALAD", file=sys.stderr)
     if bench.ground_truth:
         print(format_table(bench.name, report, ks))
     print(format_counts(report))

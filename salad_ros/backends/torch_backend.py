@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from ..model import load_model, preprocess, resolve_device, variant_dims
 from ..descriptors import l2_normalize
 from ..fileio import file_fingerprint
+from ..model import load_model, preprocess, resolve_device, variant_dims, weights_file
+from ..params import ConfigError
 from .encoder import Encoder
 from .model_config import ModelConfig
 
@@ -38,7 +38,8 @@ class TorchEncoder(Encoder):
         self.input_size = (cfg.image_size, cfg.image_size)
         self.dim = self.model.output_dim
         self.device = str(self._device)
-        self.model_name = f"{self.model.variant}@{cfg.image_size}/{file_fingerprint(cfg.weights)}"
+        # hub names: the fingerprint of the downloaded file, like any other weights file
+        self.model_name = f"{self.model.variant}@{cfg.image_size}/{file_fingerprint(weights_file(cfg.weights or None, cfg.backbone))}"
 
     def _autocast(self) -> torch.autocast:
         dtype = _AUTOCAST.get(self.precision)

@@ -16,6 +16,7 @@ from .dinosalad import (
     read_state_dict,
     resolve_device,
     variant_dims,
+    weights_file,
 )
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, input_size, preprocess
 from .salad import SALAD, assignment_log_probs, log_sinkhorn
@@ -24,5 +25,5 @@ __all__ = [
     "BACKBONES", "DINOV2_URLS", "IMAGENET_MEAN", "IMAGENET_STD", "PATCH_SIZE", "SALAD", "SALAD_RELEASE_URL",
     "VARIANTS", "CheckpointError", "DinoSalad", "DinoV2Backbone", "assignment_log_probs", "backbone_spec",
     "build_model", "grid_size", "input_size", "load_model", "load_state", "log_sinkhorn", "preprocess",
-    "read_state_dict", "resolve_device", "variant_dims",
+    "read_state_dict", "resolve_device", "variant_dims", "weights_file",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -213,6 +214,18 @@ def load_model(
         load_state(model, state, source)
         log.info("loaded weights for %s from %s", model.variant, source)
     return model.to(resolve_device(device)).eval()
+
+
+def weights_file(checkpoint: str | Path | None, backbone: str = "dinov2_vitb14") -> Path | None:
+    """The file a weights source reads: the path itself, or for ``hub`` / ``hub:dinov2`` the copy
+    in the torch hub cache (which exists once a first load has downloaded it); None for random."""
+    if checkpoint is None or str(checkpoint) == "":
+        return None
+    source = str(checkpoint)
+    if source in ("hub", "hub:dinov2"):
+        url = SALAD_RELEASE_URL if source == "hub" else DINOV2_URLS[backbone]
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    return Path(source)
 
 
 def _hub_state_dict(url: str) -> dict[str, torch.Tensor]:
