@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     db.set_search_params(hnsw_ef_search=ef)
                     label = f"{method} ef={ef} M={args.hnsw_m} ({db.backend})"
                 db.search(q[:1], k)  # warm-up
-                found, t = timed(lambda v: db.search(v, k)[0][0], q)
+                found, t = timed(lambda v, db=db: db.search(v, k)[0][0], q)
                 emit({"n": n, "method": label, "build_s": build, "median_ms": float(np.median(t)),
                       "p99_ms": float(np.percentile(t, 99)), "recall": recall(found, truth, k),
                       "top1": top1(found, truth), "bytes_per_kf": per_kf})

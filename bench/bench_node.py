@@ -36,6 +36,7 @@ ensure_local_ros_env()  # before rclpy is imported
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
+from _ros_helpers import image_msg, scene  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -43,7 +44,6 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
-from _ros_helpers import image_msg, scene  # noqa: E402
 from salad_ros.backends import Encoder, ModelConfig, create_encoder  # noqa: E402
 from salad_ros.io.messages import stamp_to_ns  # noqa: E402
 from salad_ros.node import LoopClosureNode  # noqa: E402
@@ -153,9 +153,9 @@ def run_size(ctx: Context, encoder: TimedEncoder, size: int, args: argparse.Name
             processed = node.stats.processed
             t_pub = time.perf_counter()
             probe.pub.publish(msg)
-            if not _wait(lambda: stamp in probe.arrived, 60):
+            if not _wait(lambda stamp=stamp: stamp in probe.arrived, 60):
                 raise RuntimeError(f"no candidate for frame {k} at database size {size}")
-            _wait(lambda: node.stats.processed > processed, 5)  # stats are updated right after process()
+            _wait(lambda processed=processed: node.stats.processed > processed, 5)  # stats are updated right after process()
             e2e = probe.arrived[stamp] - t_pub
             process = node.stats.latencies[-1]
             if k >= args.warmup:

@@ -8,10 +8,11 @@ With ``image_transport: compressed`` in the params file the node reads ``<image_
 
 from pathlib import Path
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 # config/ sits next to launch/ both in the source tree and in share/salad_ros after colcon build,
 # so the default needs no ament index lookup (and works from a plain pip install too).
@@ -28,7 +29,7 @@ ARGUMENTS = (
 
 def _node(context, *_args, **_kwargs):
     """Build the node once the arguments are known (weights is only set when given)."""
-    from salad_ros.config import DEFAULT_NODE_NAME, load_params_yaml
+    from salad_ros.params import DEFAULT_NODE_NAME, load_params_yaml
 
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     # The file's section is keyed by the bare node name, which rcl would not match once a

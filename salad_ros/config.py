@@ -4,6 +4,10 @@
 (``weights``, ``backbone``, ``image_size``, ...) and the keyframe database and detector under
 ``database.*`` and ``detector.*``. The node declares exactly these ROS parameters; offline
 replay reads the same file, so both run the same detector with the same settings.
+
+The mechanism behind it (``param``, ``ConfigError``, reading and checking values) is
+:mod:`salad_ros.params`; ``ConfigError``, ``DEFAULT_NODE_NAME`` and ``load_params_yaml`` are
+re-exported here for users of the schema.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .backends import ModelConfig
-from .config import DEFAULT_NODE_NAME, ConfigError, check_fields, from_flat_dict, inline, load_params_yaml, nested, param
 from .database import DatabaseConfig
 from .detector import DetectorConfig
+from .params import DEFAULT_NODE_NAME, ConfigError, check_fields, from_flat_dict, inline, load_params_yaml, nested, param
+
+__all__ = ["DEFAULT_NODE_NAME", "ConfigError", "NodeConfig", "SaladConfig", "load_config", "load_params_yaml"]
 
 
 @dataclass

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from salad_ros import config as cfgmod
-from salad_ros.config import ConfigError, param
+from salad_ros import params as cfgmod
 from salad_ros.database import KeyframeDatabase
 from salad_ros.descriptors import l2_normalize
 from salad_ros.exclusions import SearchExclusions
 from salad_ros.geometry import Pose, rotation_angle, translation_distance
+from salad_ros.params import ConfigError, param
 from salad_ros.verification import FEATURES, Features, GeometricVerifier, ThumbnailStore, make_thumbnail, sift_available
 
 _PREFIX = "detector."

@@ -38,7 +38,7 @@ from std_srvs.srv import Trigger
 
 from . import debug_image
 from .backends import Encoder, check_weights_file, create_encoder
-from .config import DEFAULT_NODE_NAME, ConfigError, one_line
+from .config import SaladConfig
 from .io.images import ImageDecodeError, msg_to_rgb, rgb_to_raw
 from .io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
 from .io.table import (
@@ -49,8 +49,8 @@ from .io.table import (
 )
 from .io.trajectory import Trajectory
 from .node_state import LatestFrameSlot, NodeStats, rss_bytes
+from .params import DEFAULT_NODE_NAME, ConfigError, one_line
 from .ros_params import declare_config
-from .settings import SaladConfig
 
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Encoder, create_encoder, is_random_model_name
+from .config import SaladConfig
 from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
 from .detector import FrameResult, LoopDetector
-from .settings import SaladConfig
 from .verification import ThumbnailStore
 
 log = logging.getLogger(__name__)

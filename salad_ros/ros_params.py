@@ -1,6 +1,6 @@
-"""The bridge from the config dataclasses (:mod:`salad_ros.config`) to ROS 2 parameters.
+"""The bridge from the config dataclasses (:mod:`salad_ros.params`) to ROS 2 parameters.
 
-Every field of :class:`salad_ros.settings.SaladConfig` becomes one declared parameter with its
+Every field of :class:`salad_ros.config.SaladConfig` becomes one declared parameter with its
 type, description, range and choices; values from the command line or a params file are checked
 by the config's own checker first, so errors read the same in the node and the offline tools.
 """
@@ -14,7 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 
-from .config import ConfigError, ParamSpec, check_value, from_flat_dict, iter_specs, one_line
+from .params import ConfigError, ParamSpec, check_value, from_flat_dict, iter_specs, one_line
 
 # Parameters every rclpy node may receive that are not ours (not refused as unknown).
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")

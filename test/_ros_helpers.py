@@ -27,6 +27,7 @@ ensure_local_ros_env()
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
+from _scenes import scene  # noqa: E402,F401 - re-exported for the node tests and benchmarks
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -34,7 +35,6 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2  # noqa: E402
 
-from _scenes import scene  # noqa: E402,F401 - re-exported for the node tests and benchmarks
 from salad_ros.io.images import rgb_to_jpeg, rgb_to_raw  # noqa: E402
 from salad_ros.io.messages import ns_to_sec_nanosec, stamp_to_ns  # noqa: E402
 from salad_ros.io.table import cloud_to_table  # noqa: E402
@@ -200,7 +200,8 @@ def publish_sequence(collector: Collector, scenes: Iterable[int], *, t0_ns: int 
         msg = compressed_msg(rgb, stamp) if compressed else image_msg(rgb, stamp)
         collector.pub.publish(msg)
         stamps.append(stamp)
-        answered = (lambda: processed() > before) if processed is not None else (lambda: collector.responded_to(stamp))
+        answered = ((lambda before=before: processed() > before) if processed is not None
+                    else (lambda stamp=stamp: collector.responded_to(stamp)))
         # Discovery is asymmetric: we may see the node's subscription before it has matched our
         # publisher, and the first sample is then lost. Resend the first frame (a duplicate is no
         # new keyframe: identical descriptor, novelty rule) until the node answers with its stamp.

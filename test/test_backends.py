@@ -24,7 +24,7 @@ from salad_ros.backends import ModelConfig, create_encoder
 from salad_ros.backends.contract import run_in_batches
 from salad_ros.backends.onnxruntime_backend import OnnxRuntimeEncoder, select_providers
 from salad_ros.backends.tensorrt_backend import unavailable_reason
-from salad_ros.config import ConfigError
+from salad_ros.params import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from salad_ros.config import DEFAULT_NODE_NAME, ConfigError, iter_specs, load_params_yaml, to_flat_dict
-from salad_ros.settings import SaladConfig, load_config
+from salad_ros.config import SaladConfig, load_config
+from salad_ros.params import DEFAULT_NODE_NAME, ConfigError, iter_specs, load_params_yaml, to_flat_dict
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "salad_ros.yaml"
 SPECS = {s.name: s for s in iter_specs(SaladConfig)}

@@ -14,10 +14,9 @@ import faiss
 import numpy as np
 import pytest
 
-from salad_ros import config as cfgmod
 from salad_ros import database as dbmod
 from salad_ros import fileio
-from salad_ros.config import ConfigError
+from salad_ros import params as cfgmod
 from salad_ros.database import (
     DatabaseConfig,
     DatabaseError,
@@ -28,6 +27,7 @@ from salad_ros.database import (
     storage,
     translation_distance,
 )
+from salad_ros.params import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

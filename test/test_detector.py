@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _db_helpers import LoopStream, textured_scene, unit, warp_pair  # noqa: E402
 
-from salad_ros import config as cfgmod  # noqa: E402
-from salad_ros.config import ConfigError  # noqa: E402
+from salad_ros import params as cfgmod  # noqa: E402
 from salad_ros.database import KeyframeDatabase, Pose  # noqa: E402
 from salad_ros.detector import DetectorConfig, FrameResult, LoopDetector  # noqa: E402
+from salad_ros.params import ConfigError  # noqa: E402
 
 SEC = 1_000_000_000
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from salad_ros.config import DEFAULT_NODE_NAME, load_params_yaml
+from salad_ros.params import DEFAULT_NODE_NAME, load_params_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = ROOT / "launch" / "loop_closure.launch.py"
@@ -95,8 +95,9 @@ def test_arguments_reach_the_node(stub_launch, tmp_path):
 def test_generate_launch_description_with_launch_ros():
     pytest.importorskip("launch_ros", reason="launch_ros is not importable here (it comes with a ROS install; "
                                              "the stand-in tests above cover the file's logic)")
-    from launch import LaunchContext, LaunchDescription
     from launch.actions import DeclareLaunchArgument
+
+    from launch import LaunchContext, LaunchDescription
 
     module = load_launch_module()
     ld = module.generate_launch_description()

@@ -13,6 +13,18 @@ import time
 
 import numpy as np
 import pytest
+from _ros_helpers import (
+    SEC,
+    TEST_DETECTOR,
+    TEST_MODEL,
+    Collector,
+    Spinner,
+    compressed_msg,
+    image_msg,
+    publish_sequence,
+    scene,
+    wait_until,
+)
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterType
 from rclpy.context import Context
@@ -21,15 +33,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_srvs.srv import Trigger
 
-from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, compressed_msg, image_msg, \
-    publish_sequence, scene, wait_until
-from salad_ros.config import iter_specs
+from salad_ros.config import SaladConfig
 from salad_ros.database import KeyframeDatabase
 from salad_ros.io.messages import ns_to_sec_nanosec
 from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, cloud_to_table, make_rows, pack, unpack
 from salad_ros.node import LoopClosureNode, StartupError
 from salad_ros.node_state import rss_bytes
-from salad_ros.settings import SaladConfig
+from salad_ros.params import iter_specs
 
 T0 = 100 * SEC
 
@@ -356,10 +366,10 @@ def test_odometry_gives_keyframe_poses(ctx, encoder):
                     o.pose.pose.orientation.w = 1.0
                     n = len(node._poses)
                     odom.publish(o)
-                    assert wait_until(lambda: len(node._poses) == n + 1, 10)
+                    assert wait_until(lambda n=n: len(node._poses) == n + 1, 10)
                 before = node.stats.processed
                 col.pub.publish(image_msg(scene(i), T0 + t * SEC))
-                assert wait_until(lambda: node.stats.processed == before + 1, 20)
+                assert wait_until(lambda before=before: node.stats.processed == before + 1, 20)
             db = node.pipeline.database
             # 0.3 m is too little motion; 2 m is enough; t=10 has no odometry within 0.05 s
             assert len(db) == 3

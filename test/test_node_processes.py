@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _ros_helpers import SEC, TEST_DETECTOR, TEST_MODEL, Collector, Spinner, wait_until
-from salad_ros.config import DEFAULT_NODE_NAME
+
 from salad_ros.database import KeyframeDatabase
+from salad_ros.params import DEFAULT_NODE_NAME
 
 HERE = Path(__file__).resolve().parent
 NODE = f"/salad_proc/{DEFAULT_NODE_NAME}"

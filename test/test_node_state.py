@@ -6,8 +6,8 @@ import threading
 import time
 
 import numpy as np
-
 from _scenes import scene
+
 from salad_ros import debug_image
 from salad_ros.io.images import ERROR_KINDS
 from salad_ros.node_state import LATENCY_WINDOW, LatestFrameSlot, NodeStats, rss_bytes

@@ -1,10 +1,10 @@
-"""The parameter machinery shared by the node and replay (salad_ros.config)."""
+"""The parameter machinery shared by the node and replay (salad_ros.params)."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from salad_ros.config import (
+from salad_ros.params import (
     ConfigError,
     check_fields,
     from_flat_dict,

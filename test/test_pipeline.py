@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from salad_ros.config import load_config
 from salad_ros.database import DatabaseError, Pose
 from salad_ros.io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
 from salad_ros.pipeline import LoopClosurePipeline, database_exists
-from salad_ros.settings import load_config
 
 SMALL = {
     "backbone": "dinov2_vits14",

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _ros_helpers import Collector, Spinner, image_msg, wait_until  # sets the local ROS env first
 
 from salad_ros.evaluation import demo_bag, replay  # noqa: E402
@@ -54,7 +53,7 @@ def test_replay_and_node_agree(ctx, tmp_path):
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": PARAMS}}))
 
     from salad_ros.backends import create_encoder
-    from salad_ros.settings import load_config
+    from salad_ros.config import load_config
 
     encoder = create_encoder(load_config(params).model)
 
@@ -82,7 +81,7 @@ def test_replay_and_node_agree(ctx, tmp_path):
             assert col.wait_for_node()
             for k, (stamp, rgb) in enumerate(frames):
                 col.pub.publish(image_msg(rgb, stamp))
-                assert wait_until(lambda: node.stats.processed > k, 30.0), f"frame {k} not processed"
+                assert wait_until(lambda k=k: node.stats.processed > k, 30.0), f"frame {k} not processed"
             assert wait_until(lambda: sum(len(rows) for rows in col.keyframes) == len(frames), 10.0)
             expected_rows = len(offline)
             assert wait_until(lambda: sum(len(rows) for _, rows in col.candidate_rows()) >= expected_rows, 10.0)

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..params import ConfigError
 from .model_config import ModelConfig
 
 INPUT_NAME = "images"

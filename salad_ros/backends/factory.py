@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..params import ConfigError
 from .encoder import Encoder
 from .model_config import BACKENDS, ModelConfig
 

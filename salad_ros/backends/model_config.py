@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, check_fields, param
 from ..model import BACKBONES, VARIANTS
+from ..params import ConfigError, check_fields, param
 
 log = logging.getLogger(__name__)
 

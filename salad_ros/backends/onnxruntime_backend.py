@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError
-from ..model import preprocess
 from ..descriptors import l2_normalize
+from ..model import preprocess
+from ..params import ConfigError
 from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_metadata, run_in_batches
 from .encoder import Encoder
 from .model_config import ModelConfig

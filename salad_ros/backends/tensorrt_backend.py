@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from ..model import preprocess, resolve_device
 from ..descriptors import l2_normalize
+from ..model import preprocess, resolve_device
+from ..params import ConfigError
 from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, run_in_batches
 from .encoder import Encoder
 from .model_config import ModelConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from salad_ros import config as cfgmod
-from salad_ros.config import ConfigError, param
+from salad_ros import params as cfgmod
+from salad_ros.params import ConfigError, param
 
 PREFIX = "database."
 

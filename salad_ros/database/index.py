@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from salad_ros.config import ConfigError
+from salad_ros.params import ConfigError
 
 from .config import PREFIX, DatabaseConfig, DatabaseError
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from salad_ros.config import ConfigError
 from salad_ros.descriptors import unit_rows
 from salad_ros.exclusions import SearchExclusions, eligible, excluded_upper_bound
 from salad_ros.geometry import Pose, pose_to_row
+from salad_ros.params import ConfigError
 
 from . import index as fx
 from . import storage

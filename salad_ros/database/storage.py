@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from salad_ros import fileio
-from salad_ros.config import ConfigError
+from salad_ros.params import ConfigError
 
 from .config import DatabaseConfig, DatabaseError
 from .index import expected_classes

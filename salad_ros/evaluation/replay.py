@@ -30,10 +30,10 @@ from typing import Any
 import yaml
 
 from ..backends import ModelConfig, check_weights_file
-from ..config import ConfigError
+from ..config import SaladConfig
 from ..io.bags import IMAGE_TYPES, POSE_TYPES, BagError, BagReader
 from ..io.trajectory import Trajectory, TrajectoryError
-from ..settings import SaladConfig
+from ..params import ConfigError
 from .frames import Frame, ReadStats, iter_frames, load_ground_truth, prefetch
 from .replay_loop import FrameRecord, PoseLookup, ReplayRun, ReplaySettings, replay_frames, run_pipeline
 from .report import (
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
 
 def load_settings(args: argparse.Namespace) -> ReplaySettings:
     """The node's parameters with the command line's overrides, the weights file checked."""
-    from ..settings import load_config
+    from ..config import load_config
 
     if args.every < 1:
         raise ConfigError("--every must be >= 1")

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import SaladConfig
 from ..io.trajectory import Trajectory
-from ..settings import SaladConfig
 from .frames import Frame, ReadStats, prefetch
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import to_flat_dict
 from ..exclusions import SearchExclusions
 from ..io.trajectory import Trajectory, yaw_of
+from ..params import to_flat_dict
 from . import metrics as M
 from .replay_loop import FrameRecord, ReplayRun, ReplaySettings
 
