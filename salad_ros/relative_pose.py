@@ -55,7 +55,7 @@ class PoseConfig:
     min_parallax_px: float = 1.0  #: median residual of a rotation-only fit below this -> pure rotation
     planar_ratio: float = 0.8  #: homography inliers >= this x essential inliers -> planar / low parallax
     min_direction_parallax_px: float = 4.0  #: median rotation-compensated parallax a direction needs
-    min_spread_px: float = 15.0  #: PnP inliers must spread at least this much (std along the thin axis)
+    min_spread_px: float = 8.0  #: PnP inliers must spread at least this much (std along the thin axis)
     max_rotation_std_rad: float = math.radians(2.0)  #: above this no pose is claimed
     max_translation_std_m: float = 0.25  #: metric poses less certain than this fall back to status <= 1
     max_direction_std_rad: float = math.radians(10.0)  #: directions less certain than this -> status 0

@@ -5,11 +5,13 @@ RANSAC run often ends in the wrong one while the true motion has *more* support.
 refines several seeds (OpenCV's USAC essential matrix plus the motions a homography decomposes
 into), scores each with MSAC over all matches and keeps the best.
 
-A rival motion that scores almost as well is evidence of a flat valley the local covariance
-(see :mod:`salad_ros.geometry.least_squares`) cannot see. Each distinct rival at parameter
-offset d whose score is worse by dchi2 (the MSAC difference in units of the residual variance)
-adds ``d d^T / max(dchi2, 1)`` to the covariance: the spread of a quadratic valley through
-both solutions. A rival as good as the best gives a std as large as the distance between them.
+A rival motion that scores almost as well is evidence of a second valley the local covariance
+(see :mod:`salad_ros.geometry.least_squares`) cannot see. Rivals distinct from the best are
+treated as modes of a mixture weighted by their likelihood relative to the best,
+``w = exp(-dchi2 / 2)`` (dchi2: MSAC score difference over the residual variance); their
+second moment about the best, ``sum(w d d^T) / (1 + sum(w))`` with d the parameter offset,
+is added to the covariance. An equally good rival at distance d thus adds a std of d / 2;
+one rejected at 3 sigma (dchi2 = 9) adds 0.1 d.
 """
 
 from __future__ import annotations
@@ -117,11 +119,12 @@ def solve_essential(xq: np.ndarray, xm: np.ndarray, threshold: float, confidence
 
 
 def _rival_spread(refined: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], thr_over_sigma: float) -> np.ndarray:
-    """Sum of d d^T / max(dchi2, 1) over rivals distinct from the best ``refined[0]`` (see the
-    module docstring); d is (rotation vector of R_rival R^T, tangent-plane direction offset)."""
+    """Second moment about the best ``refined[0]`` of the likelihood-weighted distinct rivals
+    (see the module docstring); d = (rotation vector of R_rival R^T, tangent-plane direction offset)."""
     score, r, t, _ = refined[0]
     basis = _tangent_basis(t)
     spread = np.zeros((5, 5))
+    total = 1.0
     for other_score, r2, t2, _ in refined[1:]:
         rot = log_so3(r2 @ r.T)
         if np.linalg.norm(rot) <= DISTINCT_ROTATION_RAD and angle_between(t2, t) <= DISTINCT_DIRECTION_RAD:
@@ -131,9 +134,10 @@ def _rival_spread(refined: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]
         # the offset along the sphere: the angle between the directions, in the tangent direction
         direction = tangent / norm * angle_between(t2, t) if norm > 1e-12 else np.array([math.pi, 0.0])
         d = np.concatenate([rot, direction])
-        dchi2 = (other_score - score) * thr_over_sigma ** 2
-        spread += np.outer(d, d) / max(dchi2, 1.0)
-    return spread
+        weight = math.exp(-0.5 * max(0.0, other_score - score) * thr_over_sigma ** 2)
+        spread += weight * np.outer(d, d)
+        total += weight
+    return spread / total
 
 
 def _refine(r: np.ndarray, t: np.ndarray, hq: np.ndarray, hm: np.ndarray,

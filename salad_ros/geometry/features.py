@@ -89,6 +89,8 @@ def sample_depth(depth: np.ndarray, pixels: np.ndarray, window: int = 3, max_rel
     """
     d = np.asarray(depth, np.float32)
     pts = np.asarray(pixels, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.empty(0, np.float32)
     h, w = d.shape
     half = max(0, int(window) // 2)
     u = np.clip(np.rint(pts[:, 0]).astype(np.int64), 0, w - 1)

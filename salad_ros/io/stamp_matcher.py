@@ -46,7 +46,8 @@ class StampMatcher:
     def __init__(self, streams: Sequence[str], tolerance_ns: int = 0, max_wait_ns: int = 500_000_000,
                  max_pending: int = 10, max_buffer: int = 30) -> None:
         if tolerance_ns < 0 or max_wait_ns < 0 or max_pending < 1 or max_buffer < 1:
-            raise ValueError("StampMatcher needs tolerance_ns >= 0, max_wait_ns >= 0, max_pending >= 1, max_buffer >= 1")
+            raise ValueError("StampMatcher needs tolerance_ns >= 0, max_wait_ns >= 0, max_pending >= 1 "
+                             "and max_buffer >= 1")
         if len(set(streams)) != len(streams):
             raise ValueError(f"duplicate stream names in {list(streams)}")
         self.streams = tuple(streams)
