@@ -36,14 +36,14 @@ class PoseFeatureStore:
         if first is not None and first.kind != feats.kind:
             raise ValueError(f"store holds {first.kind} features, got {feats.kind}")
         self.discard(key)
+        if feats.nbytes > self.max_bytes:  # larger than the whole budget: dropped, the others kept
+            self.evicted += 1
+            return
         self._items[key] = feats
         self._bytes += feats.nbytes
-        while len(self._items) > self.max_count or (self._bytes > self.max_bytes and len(self._items) > 1):
+        while len(self._items) > self.max_count or self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.nbytes
-            self.evicted += 1
-        if self._bytes > self.max_bytes:  # one record larger than the whole budget
-            self.discard(key)
             self.evicted += 1
 
     def get(self, key: int) -> PoseFeatures | None:
