@@ -11,17 +11,23 @@ y down, z forward) unless converted with :meth:`RelativePose.in_base_frame`. ``s
   trustworthy rotation: then ``rotation_std_rad`` is finite (a camera that only turned, where
   the translation direction is unobservable). Otherwise rotation is identity and stds are NaN.
 
-Degenerate geometry never yields a wrong confident pose: too few inliers, a pure rotation,
-a scene a homography explains about as well as the essential matrix (one plane, or too little
-parallax), metric inliers bunched in one image corner, and uncertainties above the limits of
-:class:`PoseConfig` all lower the status.
+Degenerate geometry lowers the status instead of producing a pose: too few inliers, a pure
+rotation (status 0 with the rotation), a scene a homography explains about as well as the
+essential matrix (one plane, or too little parallax), too little parallax for a direction, PnP
+inliers bunched in one image strip, and uncertainties above the limits of :class:`PoseConfig`.
 
 Uncertainty: ``rotation_std_rad`` and ``translation_std_m`` are the square roots of the largest
-eigenvalue of the rotation and translation blocks of the solver's first-order covariance
-(``s^2 (J^T J)^-1`` of the inlier residuals, see :mod:`salad_ros.geometry.solvers`): the
-standard deviation along the worst axis. For status 1 ``translation_std_m`` is the std of the
+eigenvalue of the rotation and translation blocks of the solver's covariance, the standard
+deviation along the worst axis. That covariance is first order, ``s^2 (J^T J)^-1`` of the
+inlier residuals (:mod:`salad_ros.geometry.least_squares`); for the essential matrix it is
+widened by rival motions that explain the matches almost as well
+(:mod:`salad_ros.geometry.essential`). For status 1 ``translation_std_m`` is the std of the
 unit direction (radians, as |t| = 1). A back end can use ``diag(rot^2 I3, trans^2 I3)`` as a
-conservative covariance; being first-order and blind to calibration error, it is optimistic.
+conservative covariance. Blind to calibration error and biased keypoints, it is optimistic:
+on the test scenes the median error is about 1.5 stds.
+
+Geometric verification: ``inliers`` (and ``inliers / matches``) are the solver's, also when
+geometry makes the status 0, so "same place?" and "usable pose?" are separate answers.
 """
 
 from __future__ import annotations
@@ -82,6 +88,11 @@ class RelativePose:
     reason: str = ""
 
     @property
+    def inlier_ratio(self) -> float:
+        """inliers / matches (0 without matches)."""
+        return self.inliers / self.matches if self.matches else 0.0
+
+    @property
     def has_rotation(self) -> bool:
         """True when ``rotation`` is an estimate (status >= 1, or a pure rotation with status 0)."""
         return math.isfinite(self.rotation_std_rad)
@@ -140,6 +151,7 @@ def _worst_std(cov: np.ndarray) -> float:
 
 @functools.lru_cache(maxsize=4)
 def _default_extractor(kind: str = "orb") -> PoseFeatureExtractor:
+    # shared by every caller that passes no extractor: give each thread its own instead
     return PoseFeatureExtractor(kind)
 
 
@@ -219,6 +231,7 @@ def _pnp_output(sol: Solution, invert: bool) -> tuple[np.ndarray, np.ndarray, np
     r, t = sol.rotation, sol.translation
     if not invert:
         return r, t, sol.covariance[3:, 3:]
+
     def inv_t(p: np.ndarray) -> np.ndarray:
         rp = exp_so3(p[:3]) @ r
         return -rp.T @ (t + p[3:])

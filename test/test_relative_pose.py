@@ -250,7 +250,11 @@ def test_methods() -> None:
     assert estimate_relative_pose(iq, im, K, method="none").status == STATUS_NONE
     p = estimate_relative_pose(iq, im, K, method="pnp")
     assert p.status == STATUS_NONE and "needs depth" in p.reason
-    assert estimate_relative_pose(iq, im, K, match_depth=dm, method="pnp").status == STATUS_METRIC
+    metric = estimate_relative_pose(iq, im, K, match_depth=dm, method="pnp")
+    assert metric.status == STATUS_METRIC and 0 < metric.inlier_ratio <= 1
+    grey = estimate_relative_pose(iq.mean(axis=2).astype(np.uint8), im.mean(axis=2).astype(np.uint8), K,
+                                  match_depth=dm)
+    assert grey.status == STATUS_METRIC  # grey images work as well as RGB
     with pytest.raises(ValueError, match="method"):
         estimate_relative_pose(iq, im, K, method="homography")
 
