@@ -210,7 +210,7 @@ def real_room() -> list[Plane]:
 #: Loop-closure-like view pairs: (query angles deg, query position m, match angles, match position)
 ROOM_CASES = {
     "sideways": ((0, 8, 0), (0.4, 0.0, 0.3), (0, 0, 0), (0.0, 0.0, 0.0)),
-    "turned": ((2, 10, 1), (0.5, 0.05, 0.3), (0, -3, 0), (0.0, 0.0, 0.0)),
+    "wide": ((0, -6, 0), (-0.5, 0.0, 0.1), (0, 3, 0), (0.2, 0.0, 0.0)),
     "crossing": ((-3, 5, 2), (0.2, -0.1, -0.5), (2, -6, 0), (-0.3, 0.05, 0.3)),
 }
 
