@@ -253,16 +253,18 @@ def _monocular_pose(xq: np.ndarray, xm: np.ndarray, focal: float, cfg: PoseConfi
         k = 0 if sol is None else sol.num_inliers
         return _none(f"{k} essential-matrix inliers (< {cfg.min_inliers})", inliers=k, method="essential")
     n_e, n_h = sol.num_inliers, int(h_mask.sum())
-    rot = solve_rotation(xq, xm, h_mask)
-    if rot is not None:
-        parallax = float(np.median(rotation_errors(rot.rotation, xq[sol.inliers], xm[sol.inliers]))) * focal
-        if parallax < cfg.min_parallax_px:
-            return _rotation_only(xq, xm, rot, thr, parallax, cfg)
 
     def fail(reason: str) -> RelativePose:
         return _none(reason, inliers=n_e, method="essential")
 
     if n_h >= cfg.planar_ratio * n_e:
+        # a homography explains the matches: a plane, too little parallax, or a camera that only
+        # turned, the one case with a trustworthy rotation (a homography that is a rotation)
+        rot = solve_rotation(xq, xm, h_mask)
+        if rot is not None:
+            parallax = float(np.median(rotation_errors(rot.rotation, xq[sol.inliers], xm[sol.inliers]))) * focal
+            if parallax < cfg.min_parallax_px:
+                return _rotation_only(xq, xm, rot, thr, parallax, cfg)
         return fail(f"planar scene or too little parallax: homography explains {n_h} of {n_e} essential inliers")
     parallax = float(np.median(rotation_errors(sol.rotation, xq[sol.inliers], xm[sol.inliers]))) * focal
     if parallax < cfg.min_direction_parallax_px:
