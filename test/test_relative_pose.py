@@ -36,6 +36,7 @@ from _pose_scenes import (  # noqa: E402
 )
 
 from salad_ros.geometry.camera import CameraModel, PoseInputError  # noqa: E402
+from salad_ros.geometry.feature_store import PoseFeatureStore  # noqa: E402
 from salad_ros.geometry.features import PoseFeatureExtractor, PoseFeatures  # noqa: E402
 from salad_ros.geometry.transforms import invert_transform, make_transform, quaternion_to_matrix  # noqa: E402
 from salad_ros.relative_pose import (  # noqa: E402
@@ -47,6 +48,7 @@ from salad_ros.relative_pose import (  # noqa: E402
     estimate_from_features,
     estimate_relative_pose,
 )
+from salad_ros.verification import sift_available  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -351,6 +353,20 @@ def test_estimate_from_stored_features_equals_image_api() -> None:
     b = estimate_relative_pose(iq, im, K, match_depth=dm)
     assert a.status == b.status == STATUS_METRIC
     assert np.array_equal(a.rotation, b.rotation) and np.array_equal(a.translation, b.translation)
+
+
+@pytest.mark.skipif(not sift_available(), reason="this OpenCV build has no SIFT")
+def test_sift_features_work_and_survive_the_store(tmp_path) -> None:
+    iq, _, im, dm, r, t = room_pair("sideways")
+    ex = PoseFeatureExtractor("sift")
+    store = PoseFeatureStore(4, 10**7)
+    store.put(7, ex.extract(im, CameraModel(K), dm))
+    (tmp_path / "f.npz").write_bytes(store.to_bytes({7: 123}))
+    loaded = PoseFeatureStore(4, 10**7)
+    assert loaded.load(tmp_path / "f.npz", {7: 123}) == 1 and loaded.get(7).descriptors.dtype == np.float32
+    p = estimate_from_features(ex.extract(iq, CameraModel(K)), loaded.get(7))  # default matcher of the kind
+    assert p.status == STATUS_METRIC, p.reason
+    assert rotation_error_deg(p.rotation, r) < 1.0 and np.linalg.norm(p.translation - t) < 0.05
 
 
 def test_features_of_another_kind_are_refused() -> None:
