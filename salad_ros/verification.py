@@ -123,14 +123,19 @@ class GeometricVerifier:
         pts = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
         return Features(points=pts, descriptors=desc, kind=self.feature)
 
-    def match(self, a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
-        """Ratio-test matches as two aligned (M x 2) point arrays."""
+    def match_indices(self, a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio-test matches as two aligned index arrays into ``a`` and ``b`` (int64)."""
         if a.descriptors is None or b.descriptors is None or len(a) < 2 or len(b) < 2:
-            return np.empty((0, 2), np.float32), np.empty((0, 2), np.float32)
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         pairs = self._matcher.knnMatch(a.descriptors, b.descriptors, k=2)
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
         ia = np.array([m.queryIdx for m in good], dtype=np.int64)
         ib = np.array([m.trainIdx for m in good], dtype=np.int64)
+        return ia, ib
+
+    def match(self, a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Ratio-test matches as two aligned (M x 2) point arrays."""
+        ia, ib = self.match_indices(a, b)
         return a.points[ia].reshape(-1, 2), b.points[ib].reshape(-1, 2)
 
     def verify(self, a: np.ndarray | Features, b: np.ndarray | Features) -> VerificationResult:
