@@ -39,8 +39,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "test")]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _pose_scenes import K, direction_error_deg, pose, real_room, relative, render, rot, rotation_error_deg  # noqa: E402
+
 from salad_ros.geometry.camera import CameraModel  # noqa: E402
 from salad_ros.geometry.features import PoseFeatureExtractor  # noqa: E402
 from salad_ros.relative_pose import estimate_from_features, estimate_relative_pose  # noqa: E402

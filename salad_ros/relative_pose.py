@@ -34,18 +34,17 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 
 from .geometry.camera import CameraModel, PoseInputError, camera_from_matrix
-from .geometry.features import PoseFeatureExtractor, PoseFeatures
 from .geometry.essential import solve_essential
+from .geometry.features import PoseFeatureExtractor, PoseFeatures
 from .geometry.least_squares import Solution
 from .geometry.solvers import fit_homography, homography_motions, rotation_errors, solve_pnp, solve_rotation
-from .geometry.transforms import (exp_so3, invert_transform, make_transform, matrix_to_quaternion,
-                                  transform_from_xyz_quat)
+from .geometry.transforms import exp_so3, invert_transform, make_transform, matrix_to_quaternion, transform_from_xyz_quat
 
 STATUS_NONE, STATUS_DIRECTION, STATUS_METRIC = 0, 1, 2
 METHODS = ("auto", "pnp", "essential", "none")

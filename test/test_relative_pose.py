@@ -17,8 +17,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _pose_scenes import (  # noqa: E402
-    K,
     ROOM_CASES,
+    K,
     aloe_stereo,
     direction_error_deg,
     distort_equidistant,
@@ -51,12 +51,12 @@ from salad_ros.relative_pose import (  # noqa: E402
 from salad_ros.verification import sift_available  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _planes():
     return real_room()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def room_pair(case: str, rays_key: str = "pinhole"):
     """(query rgb, query depth, match rgb, match depth, R, t) of a ROOM_CASES pair, cached."""
     aq, tq, am, tm = ROOM_CASES[case]
@@ -158,7 +158,7 @@ def test_pure_rotation_of_a_real_photo_gives_rotation_only(angles) -> None:
     assert np.all(p.translation == 0) and math.isnan(p.translation_std_m)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planar_pair(tq: tuple[float, float, float]):
     wall = [plane((0.0, 0.0, 4.0), 10.0, 6.0, 4.5, load_rgb("leuven.jpg"))]
     world_q, world_m = pose(rot(0, -5, 0), tq), pose(np.eye(3), (0, 0, 0))
@@ -299,7 +299,7 @@ def test_distortion_coefficients_are_applied(model: str) -> None:
 
 # --- uncertainty ------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def room_features(case: str) -> tuple[PoseFeatures, PoseFeatures]:
     iq, _, im, dm, _, _ = room_pair(case)
     ex = PoseFeatureExtractor()

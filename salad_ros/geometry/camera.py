@@ -10,8 +10,9 @@ full sensor, and image pixels are mapped onto it before undistortion.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np

@@ -17,7 +17,7 @@ one rejected at 3 sigma (dchi2 = 9) adds 0.1 d.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

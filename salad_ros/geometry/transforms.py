@@ -6,7 +6,7 @@ A 4x4 transform ``T_a_b`` maps points of frame b into frame a: ``X_a = R X_b + t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,8 +16,9 @@ before any frame used it). Not thread-safe: call from one callback group.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass
