@@ -15,6 +15,9 @@ Nothing here imports rclpy; the node converts messages with :func:`fill_cloud` a
 received messages (any object with PointCloud2's attributes) to :meth:`PeerRegistry.receive`.
 """
 
+from .catchup import CatchUpRequest, ReplayScheduler, RequestTimer, TokenBucket
+from .peers import PeerRegistry, RateMeter
+from .policy import PeerChains, fleet_eligible
 from .wire import (
     KINDS,
     MAX_MESSAGE_BYTES,
@@ -30,6 +33,7 @@ from .wire import (
 )
 
 __all__ = [
-    "KINDS", "MAX_MESSAGE_BYTES", "FleetMessageError", "ModelIdentity", "SharedFeatures", "SharedKeyframe",
-    "WireMessage", "decode", "encode", "fill_cloud", "max_features_within",
+    "KINDS", "MAX_MESSAGE_BYTES", "CatchUpRequest", "FleetMessageError", "ModelIdentity", "PeerChains",
+    "PeerRegistry", "RateMeter", "ReplayScheduler", "RequestTimer", "SharedFeatures", "SharedKeyframe",
+    "TokenBucket", "WireMessage", "decode", "encode", "fill_cloud", "fleet_eligible", "max_features_within",
 ]

@@ -63,11 +63,15 @@ _SIZES = {INT8: 1, UINT8: 1, INT32: 4, UINT32: 4, FLOAT32: 4, FLOAT64: 8}
 
 
 class FleetMessageError(ValueError):
-    """A fleet message that was refused; ``kind`` is one of :data:`KINDS`."""
+    """A fleet message that was refused; ``kind`` is one of :data:`KINDS`, ``robot_id`` the
+    sender's robot id when it could be read."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, robot_id: int | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown rejection kind {kind!r}")
         super().__init__(f"{kind}: {message}")
         self.kind = kind
+        self.robot_id = robot_id
 
 
 @dataclass(frozen=True)
@@ -281,11 +285,17 @@ def decode(msg: Any, model: ModelIdentity) -> SharedKeyframe:
     except (AttributeError, TypeError, ValueError) as exc:
         raise FleetMessageError("malformed", f"not a fleet keyframe message ({exc})") from exc
     if int(row["version"]) != WIRE_VERSION:
-        raise FleetMessageError("malformed", f"wire version {int(row['version'])}, this node reads {WIRE_VERSION}")
+        raise FleetMessageError("malformed", f"wire version {int(row['version'])}, this node reads {WIRE_VERSION}",
+                                int(row["robot_id"]))
     if tuple(int(w) for w in row["model_hash"]) != model.hash_words or dim != model.dim:
         raise FleetMessageError("other_model", f"keyframe of another model ({dim}-D, hash "
-                                f"{int(row['model_hash'][0]):08x}), this node uses {model.name!r} ({model.dim}-D)")
-    return _keyframe_of(msg, row, n, with_depth)
+                                f"{int(row['model_hash'][0]):08x}), this node uses {model.name!r} ({model.dim}-D)",
+                                int(row["robot_id"]))
+    try:
+        return _keyframe_of(msg, row, n, with_depth)
+    except FleetMessageError as exc:
+        exc.robot_id = int(row["robot_id"])  # a readable row: count the rejection for its sender
+        raise
 
 
 def _check_layout(msg: Any, fields: dict[str, Any]) -> tuple[int, int, bool]:
