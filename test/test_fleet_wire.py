@@ -268,3 +268,16 @@ def test_a_real_pointcloud2_message_round_trips_through_cdr():
     np.testing.assert_array_equal(got.features.descriptors, kf.features.descriptors)
     bare = encode(keyframe(rng, n=0, frame_id="é/ü"), MODEL)  # multi-byte frame id counted in bytes
     assert len(serialize_message(fill_cloud(PointCloud2(), bare, PointField))) == bare.encoded_size
+
+
+def test_the_fleet_package_is_light():
+    """No rclpy, faiss, torch or OpenCV behind salad_ros.fleet: the node, replay and tools can all use it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import salad_ros.fleet, sys; bad = {'rclpy', 'faiss', 'torch', 'cv2'} & "
+            "{m.split('.')[0] for m in sys.modules}; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
