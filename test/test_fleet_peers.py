@@ -113,6 +113,7 @@ def test_own_messages_coming_back_are_ignored_not_rejected():
     assert reg.receive(*msg(kf(1, 0, session=11))) is None
     s = reg.stats()
     assert s["own_echoes"] == 1 and s["rejected"] == 0 and s["keyframes_received"] == 0
+    assert s["bytes_in_total"] == 0  # our own traffic is counted once, as bytes out
 
 
 def test_late_keyframes_fill_gaps_and_stamps_must_fit_between_neighbours():
@@ -164,6 +165,9 @@ def test_request_round_trip_and_malformed_requests():
         with pytest.raises(FleetMessageError) as err:
             CatchUpRequest.from_data(bad)
         assert err.value.kind == "malformed"
+    reg = registry(robot=5)
+    reg.note_rejection(err.value, nbytes=24)  # the last one came from robot 1
+    assert reg.stats()["rejected.malformed"] == 1 and reg.stats()["peer.1.rejected"] == 1
 
 
 def test_token_bucket_refills_up_to_the_burst_and_goes_into_debt():

@@ -142,23 +142,24 @@ class PeerRegistry:
         keyframe to insert into the database, or None for our own message coming back.
         Raises :class:`FleetMessageError` (after counting it) when refused."""
         with self._lock:
-            self.bytes_in.add(nbytes)
             try:
                 kf = decode(msg, self.model)
             except FleetMessageError as exc:
+                self.bytes_in.add(nbytes)
                 self._count_rejection(exc, exc.robot_id, nbytes)
                 raise
+            if (kf.robot_id, kf.session) == (self.robot_id, self.session):
+                self.own_echoes += 1  # our own publication: neither traffic in nor an error
+                return None
+            self.bytes_in.add(nbytes)
             try:
                 return self._admit(kf, nbytes)
             except FleetMessageError as exc:
                 self._count_rejection(exc, kf.robot_id, nbytes)
                 raise
 
-    def _admit(self, kf: SharedKeyframe, nbytes: int) -> SharedKeyframe | None:
+    def _admit(self, kf: SharedKeyframe, nbytes: int) -> SharedKeyframe:
         if kf.robot_id == self.robot_id:
-            if kf.session == self.session:
-                self.own_echoes += 1
-                return None
             raise FleetMessageError("own_robot_id", f"a peer uses our robot id {self.robot_id} "
                                     f"(session {kf.session:08x}, ours {self.session:08x})", kf.robot_id)
         known = self._known.setdefault((kf.robot_id, kf.session), KnownIds())
@@ -182,6 +183,13 @@ class PeerRegistry:
         peer.bytes_in += nbytes
         peer.last_seen = self._clock()
         return peer
+
+    def note_rejection(self, exc: FleetMessageError, nbytes: int = 0) -> None:
+        """Count a refused message that did not go through :meth:`receive` (a malformed
+        catch-up request, see :meth:`CatchUpRequest.from_data`)."""
+        with self._lock:
+            self.bytes_in.add(nbytes)
+            self._count_rejection(exc, exc.robot_id, nbytes)
 
     def _count_rejection(self, exc: FleetMessageError, robot_id: int | None, nbytes: int) -> None:
         self._rejected[exc.kind] += 1

@@ -168,6 +168,8 @@ def layout(dim: int, n_features: int, with_depth: bool) -> tuple[list[Field], in
 def encode(kf: SharedKeyframe, model: ModelIdentity, max_features: int | None = None) -> WireMessage:
     """The wire form of ``kf``; features beyond ``max_features`` are dropped (see
     :meth:`SharedFeatures.limited`). Raises ValueError for input the decoder would refuse."""
+    if len(kf.frame_id) > MAX_FRAME_ID:
+        raise ValueError(f"frame_id is longer than {MAX_FRAME_ID} characters")
     feats = kf.features
     if feats is not None and max_features is not None:
         feats = feats.limited(max_features)
@@ -194,8 +196,6 @@ def encode(kf: SharedKeyframe, model: ModelIdentity, max_features: int | None = 
         row["kp_orb"] = np.asarray(feats.descriptors, dtype=np.uint8).reshape(-1)
         if with_depth:
             row["kp_depth"] = np.asarray(feats.depth, dtype=np.float32)
-    if len(kf.frame_id) > MAX_FRAME_ID:
-        raise ValueError(f"frame_id is longer than {MAX_FRAME_ID} characters")
     return WireMessage(kf.frame_id, sec, nanosec, fields, step, row.tobytes())
 
 
