@@ -3,8 +3,11 @@
 Robots exchange keyframes as PointCloud2 messages (no custom message package): ``height = 1``,
 ``width = 1``, packed little-endian, ``header.stamp`` = the keyframe's image stamp,
 ``header.frame_id`` = the keyframe's image frame. The one "point" is the keyframe; its arrays
-are PointFields with ``count > 1`` (plain ``sensor_msgs_py.point_cloud2.read_points`` returns
-them as numpy sub-arrays). Layout, with D = descriptor dimension and N = local features::
+are PointFields with ``count > 1``: ``salad_ros.io.table.cloud_to_table`` returns them as numpy
+sub-arrays, C++ reads them with ``PointCloud2ConstIterator<T>(msg, name)[i]``, and
+``sensor_msgs_py.point_cloud2.read_points`` expands them into columns ``name_0 .. name_{count-1}``
+(correct, but ~26 000 columns: use :func:`decode`). Layout, with D = descriptor dimension and
+N = local features::
 
     offset      field             datatype x count   meaning
     0           pose              FLOAT64 x 7        x y z qx qy qz qw in the robot's map frame; all NaN = unknown
