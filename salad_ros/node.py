@@ -202,9 +202,12 @@ class LoopClosureNode(Node):
         with self._stats_lock:
             self.stats.received += 1
         try:
-            rgb = msg_to_rgb(msg)
+            rgb = msg_to_rgb(msg, self.cfg.node.max_image_pixels)
         except ImageDecodeError as exc:
             self._count_bad(exc.kind, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the decoders raise ImageDecodeError only; never end the executor
+            self._count_bad("undecodable", f"{type(exc).__name__}: {one_line(exc)}")
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if stamp_ns == 0:  # unstamped driver: time-based exclusion needs some time

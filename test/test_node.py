@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from _bombs import jpeg_claiming, png_bomb, png_claiming
 from _ros_helpers import (
     SEC,
     TEST_DETECTOR,
@@ -69,6 +70,19 @@ def call(node, client, timeout: float = 10.0) -> Trigger.Response:
 
 def by_query(collector: Collector) -> dict[int, np.ndarray]:
     return {q: rows for q, rows in collector.candidate_rows()}
+
+
+def feed(c: Collector, node: LoopClosureNode, msg, timeout: float = 10.0) -> None:
+    """Publish one image and wait until the node's callback took it (the image subscription keeps
+    only the newest message: depth 1)."""
+    n = node.stats.received
+    c.pub.publish(msg)
+    assert wait_until(lambda: node.stats.received == n + 1, timeout)
+
+
+def bad_counters(c: Collector) -> dict[str, str] | None:
+    d = c.last_diagnostics()
+    return None if d is None else {k: v for k, v in d.items() if k.startswith(("bad_frames", "frames_"))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,12 +272,6 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
                 Image(encoding="rgb8", height=0, width=0, step=0),  # empty
             ]
 
-            def feed(c: Collector, node: LoopClosureNode, msg) -> None:
-                # one at a time: the image subscription keeps only the newest message (depth 1)
-                n = node.stats.received
-                c.pub.publish(msg)
-                assert wait_until(lambda: node.stats.received == n + 1, 10)
-
             for msg in bad_raw + [good]:
                 feed(col, raw, msg)
             bad_comp = [CompressedImage(format="jpeg"),  # empty
@@ -273,18 +281,14 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
                 feed(colc, comp, msg)
             assert wait_until(lambda: raw.stats.processed == 1 and comp.stats.processed == 1, 20)
 
-            def counters(c: Collector) -> dict[str, str] | None:
-                d = c.last_diagnostics()
-                return None if d is None else {k: v for k, v in d.items() if k.startswith(("bad_frames", "frames_"))}
-
             want_raw = {"bad_frames": "6", "bad_frames.unsupported_encoding": "2", "bad_frames.wrong_size": "3",
-                        "bad_frames.empty": "1", "bad_frames.undecodable": "0",
+                        "bad_frames.empty": "1", "bad_frames.undecodable": "0", "bad_frames.too_large": "0",
                         "frames_received": "7", "frames_processed": "1", "frames_dropped": "0"}
             want_comp = {"bad_frames": "3", "bad_frames.unsupported_encoding": "0", "bad_frames.wrong_size": "0",
-                         "bad_frames.empty": "1", "bad_frames.undecodable": "2",
+                         "bad_frames.empty": "1", "bad_frames.undecodable": "2", "bad_frames.too_large": "0",
                          "frames_received": "4", "frames_processed": "1", "frames_dropped": "0"}
-            assert wait_until(lambda: counters(col) == want_raw and counters(colc) == want_comp, 5), \
-                (counters(col), counters(colc))
+            assert wait_until(lambda: bad_counters(col) == want_raw and bad_counters(colc) == want_comp, 5), \
+                (bad_counters(col), bad_counters(colc))
             assert raw._worker.is_alive() and comp._worker.is_alive()
             assert col.last_diagnostics()["processing_errors"] == "0"
             # still working after the bad frames: a revisit gives a candidate
@@ -294,6 +298,57 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
             assert heatmaps == [], "no ~/debug_image subscriber: no heat map computed"
     finally:
         for n in (raw, comp, col, colc):
+            n.destroy_node()
+
+
+def test_image_bombs_refused_memory_bounded_and_node_keeps_running(ctx, encoder):
+    """A PNG claiming 100000x100000 px made cv2.imdecode raise, which ended the executor; a real
+    20000x20000 PNG (390 kB) was decoded into 1.2 GB and more. Both, a JPEG claiming 60000x50000
+    and a raw Image claiming 30000x30000 are refused from their headers (``too_large``), memory
+    stays flat and the node keeps working."""
+    comp = make_node(ctx, "/bomb", encoder, image_transport="compressed")
+    raw = make_node(ctx, "/bombr", encoder)
+    colc = Collector("/bomb/salad_loop_closure", context=ctx, image_topic="/bomb/image", compressed=True)
+    col = Collector("/bombr/salad_loop_closure", context=ctx, image_topic="/bombr/image")
+    bomb = png_bomb(20000, 20000)
+    try:
+        with Spinner(ctx, comp, raw, colc, col):
+            assert colc.wait_for_node() and col.wait_for_node()
+            feed(colc, comp, compressed_msg(scene(3), T0))  # warm-up: the first inference allocates
+            assert wait_until(lambda: comp.stats.processed == 1, 20)
+            base = rss_bytes()
+            peak = [base]
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.is_set():
+                    peak[0] = max(peak[0], rss_bytes())
+                    time.sleep(0.005)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            feed(colc, comp, CompressedImage(format="png", data=png_claiming(100000, 100000)))
+            feed(colc, comp, CompressedImage(format="png", data=bomb))
+            feed(colc, comp, CompressedImage(format="jpeg", data=jpeg_claiming(60000, 50000)))
+            feed(col, raw, Image(encoding="rgb8", height=30000, width=30000, step=90000))
+            handled = time.monotonic() - t0
+            sampling.set()
+            sampler.join()
+            growth = peak[0] - base
+            print(f"bombs: handled in {handled:.2f} s, rss {base / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB")
+            assert growth < 100e6, f"memory grew by {growth / 1e6:.0f} MB"
+            want = {"bad_frames": "3", "bad_frames.too_large": "3", "frames_received": "4", "frames_processed": "1"}
+            want_raw = {"bad_frames": "1", "bad_frames.too_large": "1", "frames_received": "1", "frames_processed": "0"}
+            assert wait_until(lambda: all(bad_counters(colc).get(k) == v for k, v in want.items())
+                              and all(bad_counters(col).get(k) == v for k, v in want_raw.items()), 5), \
+                (bad_counters(colc), bad_counters(col))
+            # still working: both nodes take a good frame
+            feed(colc, comp, compressed_msg(scene(4), T0 + SEC))
+            feed(col, raw, image_msg(scene(4), T0 + SEC))
+            assert wait_until(lambda: comp.stats.processed == 2 and raw.stats.processed == 1, 20)
+    finally:
+        for n in (comp, raw, colc, col):
             n.destroy_node()
 
 
