@@ -430,6 +430,7 @@ class LoopClosureNode(Node):
                 return
             try:
                 n = self.pipeline.keyframe_count
+                self._log("info", f"saving {n} keyframes to {self.cfg.node.database_path} ...")
                 path = self.pipeline.save()
                 self._log("info", f"saved {n} keyframes to {path}")
             except Exception as exc:  # noqa: BLE001 - report and still exit
@@ -457,15 +458,25 @@ class LoopClosureNode(Node):
 class _ShutdownRequest:
     """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop (so shutdown runs
     with ROS still up: final logs reach /rosout, the database is saved); before the node exists
-    or on a second signal it interrupts right away."""
+    it interrupts right away (there is nothing to save yet).
+
+    Once shutdown has begun, further signals (a second Ctrl-C, launch's SIGTERM after SIGINT)
+    never interrupt it: an interrupted save loses the session's keyframes. They only print that
+    the node is finishing; SIGKILL still ends it at once.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.armed = False
+        self.busy_message = b""
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if not self.armed or self.event.is_set():
+        if not self.armed:
             raise KeyboardInterrupt
+        if self.event.is_set():
+            # os.write, not print: a handler may run while the main thread is inside a print
+            os.write(2, self.busy_message)
+            return
         self.event.set()
 
 
@@ -489,6 +500,9 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     code = 0
     try:
         node = LoopClosureNode()
+        saving = f" (saving the database to {node.cfg.node.database_path})" if node.cfg.node.save_on_shutdown else ""
+        stop.busy_message = (f"[WARN] [{node.get_name()}]: signal received while shutting down{saving}: "
+                             "please wait (SIGKILL aborts)\n").encode()
         stop.armed = True
         executor = SingleThreadedExecutor()
         executor.add_node(node)
@@ -506,12 +520,13 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
             executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()
         rclpy.get_default_context().destroy()  # free the DDS participant before a fast exit
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if fast_exit:
+        # our handler stays: a signal between here and the exit must not turn exit 0 into -15
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     return code
 
 
