@@ -16,11 +16,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -76,6 +79,29 @@ TABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=R
 
 class StartupError(RuntimeError):
     """The node cannot start; the message is one line naming the cause (usually a parameter)."""
+
+
+def _database_path_problem(path: str) -> str | None:
+    """Why the node could not save to ``path`` (None when it can, or when no path is set).
+
+    Raises :class:`StartupError` when the path can never hold a database: an existing file, or a
+    folder that can't be created because a parent is a file. Checked at start-up instead of at
+    the first save, after a whole session.
+    """
+    if not path:
+        return None
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise StartupError(f"parameter 'database_path': {path} is a file, not a database directory")
+    existing = target
+    while not existing.exists():  # the nearest existing ancestor: where the folder would be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StartupError(f"parameter 'database_path': {path} can't be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if existing == target else \
+            f"{path} is not writable ({existing} does not allow creating it)"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,9 +184,15 @@ class LoopClosureNode(Node):
     def _declare_parameters(self) -> SaladConfig:
         """Declare every config parameter (see :mod:`salad_ros.ros_params`) and build the config."""
         try:
-            return declare_config(self, SaladConfig)
+            cfg = declare_config(self, SaladConfig)
         except ConfigError as exc:
             raise StartupError(one_line(exc)) from exc
+        problem = _database_path_problem(cfg.node.database_path)
+        if problem and cfg.node.save_on_shutdown:
+            raise StartupError(f"parameter 'database_path': {problem}, so save_on_shutdown would fail")
+        if problem:
+            self.get_logger().warning(f"database_path {problem}: the map is used read-only, ~/save_database will fail")
+        return cfg
 
     def _build_pipeline(self, encoder: Encoder | None) -> None:
         from .pipeline import LoopClosurePipeline  # after the config is valid: imports torch
@@ -480,6 +512,26 @@ class _ShutdownRequest:
         self.event.set()
 
 
+def _rcl_message(exc: BaseException) -> str:
+    """rcl's error as one line, without the C source locations it appends (", at file.c:123")."""
+    return re.sub(r",? at [^\s,]+:\d+", "", one_line(exc)).strip()
+
+
+def _init_ros(args: list[str]) -> None:
+    """``rclpy.init`` with rcl's refusals of the command line (a missing or invalid params file, a
+    malformed ``-p``) as one :class:`StartupError` line instead of rcl's log line and a traceback."""
+    # rcl logs "Failed to parse global arguments" itself before raising: keep it quiet meanwhile
+    before = rclpy.logging.get_logger_effective_level("rcl")
+    rclpy.logging.set_logger_level("rcl", rclpy.logging.LoggingSeverity.FATAL)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except _rclpy.RCLError as exc:
+        raise StartupError(_rcl_message(exc)) from exc
+    finally:
+        if rclpy.logging.get_logger_level("rcl") == rclpy.logging.LoggingSeverity.FATAL:  # not set by --log-level
+            rclpy.logging.set_logger_level("rcl", before)
+
+
 def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
     """``loop_closure_node [--ros-args ...]``: run until SIGINT/SIGTERM; 0 on a clean exit,
     2 when the configuration is refused.
@@ -492,7 +544,14 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     if fast_exit is None:
         fast_exit = argv is None
     args = list(sys.argv if argv is None else argv)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        _init_ros(args)
+    except StartupError as exc:
+        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
+        if fast_exit:
+            sys.stderr.flush()
+            os._exit(2)
+        return 2
     stop = _ShutdownRequest()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node: LoopClosureNode | None = None
@@ -510,6 +569,9 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
             executor.spin_once(timeout_sec=0.1)  # short timeout: signals are handled between spins
     except StartupError as exc:
         rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
+        code = 2
+    except _rclpy.RCLError as exc:  # e.g. a remapping rcl refuses when it creates the node
+        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(_rcl_message(exc))
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

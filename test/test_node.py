@@ -140,6 +140,32 @@ def test_invalid_parameters_refused_with_one_line(ctx, params, message):
     assert text.startswith(message) and "\n" not in text
 
 
+def test_unusable_database_path_refused_at_start_up(ctx, encoder, tmp_path, monkeypatch):
+    """A database_path that is a file, or can't be created, or (with save_on_shutdown) can't be
+    written, was only noticed at the first save: after a whole session."""
+    a_file = tmp_path / "map.txt"
+    a_file.write_text("not a map")
+    cases = [({"database_path": str(a_file)}, f"parameter 'database_path': {a_file} is a file, not a database directory"),
+             ({"database_path": str(a_file / "map")},
+              f"parameter 'database_path': {a_file / 'map'} can't be created: {a_file} is not a directory")]
+    for params, message in cases:
+        with pytest.raises(StartupError) as info:
+            make_node(ctx, "/dbpath", encoder, **params)
+        assert str(info.value) == message
+    # no write permission (simulated: the tests may run as root, which has every permission)
+    import salad_ros.node
+
+    monkeypatch.setattr(salad_ros.node.os, "access", lambda path, mode: False)
+    target = tmp_path / "new" / "map"
+    with pytest.raises(StartupError) as info:
+        make_node(ctx, "/dbpath", encoder, database_path=str(target), save_on_shutdown=True)
+    assert str(info.value) == (f"parameter 'database_path': {target} is not writable ({tmp_path} does not allow "
+                               "creating it), so save_on_shutdown would fail")
+    # without save_on_shutdown a read-only map is fine (loaded, used, never saved): a warning only
+    node = make_node(ctx, "/dbpath", encoder, database_path=str(target))
+    node.destroy_node()
+
+
 def test_parameters_declared_with_descriptors(ctx, encoder):
     # an integer for a float parameter is accepted, as in the YAML loader
     node = make_node(ctx, "/params", encoder, **{"detector.min_score": 1})

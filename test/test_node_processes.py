@@ -146,13 +146,20 @@ INVALID = [
     (["-p", "allow_random_weights:=true", "-p", "image_size:=100"], "parameter 'image_size': 100 is not a multiple of 14"),
     (["-p", "weights:=/nonexistent/salad.ckpt"], "parameter 'weights': file not found: /nonexistent/salad.ckpt"),
     ([], "parameter 'weights' is empty"),
+    # rcl refuses these before any node exists (rclpy.init raised RCLError: a traceback, exit 1)
+    (["--params-file", "/nonexistent/params.yaml"], "Couldn't parse params file: '--params-file /nonexistent/params.yaml'"),
+    (["--params-file", "{bad_yaml}"], "Couldn't parse params file: '--params-file {bad_yaml}'"),
+    (["-p", "image_size:=["], "Couldn't parse parameter override rule: '-p image_size:=['"),
 ]  # every kind of refusal is covered in-process by test_node.py; these check the process's exit
 
 
-def test_invalid_parameters_refused_with_one_line():
-    """Exit code 2 and one FATAL line naming the parameter, no traceback; the checks run before
-    the model is built. The processes run side by side (each mostly waits for imports)."""
-    procs = [(start_node(*args), message) for args, message in INVALID]
+def test_invalid_parameters_refused_with_one_line(tmp_path):
+    """Exit code 2 and one FATAL line naming the parameter or the file, no traceback; the checks
+    run before the model is built. The processes run side by side (each mostly waits for imports)."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text(f"{DEFAULT_NODE_NAME}:\n  ros__parameters:\n    image_size: [224\n")
+    procs = [(start_node(*(a.format(bad_yaml=bad_yaml) for a in args)), message.format(bad_yaml=bad_yaml))
+             for args, message in INVALID]
     for proc, message in procs:
         out, err = proc.communicate(timeout=60)
         lines = [line for line in (out + err).splitlines() if line.strip()]
