@@ -30,6 +30,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
@@ -57,6 +58,8 @@ from .ros_params import declare_config
 
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
+# /diagnostics warns when more than this share of the images sent in a period was lost in transport.
+_LOST_WARN_SHARE = 0.2
 # Poses kept for stamp lookup (odometry at 100 Hz covers 2.5 s).
 _POSE_HISTORY = 256
 # Shutdown budget: the worker finishes its current frame (one inference) within this.
@@ -146,15 +149,18 @@ class LoopClosureNode(Node):
         self._poses_lock = threading.Lock()
         self._db_size = self.pipeline.keyframe_count
         self._db_memory = self.pipeline.memory_bytes()
-        self._last_diag = (time.monotonic(), 0, 0)
+        self._last_diag = (time.monotonic(), 0, 0, 0)
         self._closed = False
 
         node_cfg = self.cfg.node
         qos = IMAGE_QOS_RELIABLE if node_cfg.reliable_qos else IMAGE_QOS_BEST_EFFORT
+        # best effort over UDP loses large frames before they reach us: count what DDS reports lost
+        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
         if node_cfg.image_transport == "compressed":
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos,
+                                                       event_callbacks=events)
         else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos, event_callbacks=events)
         if node_cfg.pose_source == "odometry":
             self._pose_sub = self.create_subscription(Odometry, "odom", self._on_pose, POSE_QOS)
         elif node_cfg.pose_source == "pose":
@@ -247,6 +253,10 @@ class LoopClosureNode(Node):
         if self._slot.put(_Frame(rgb, msg.header, stamp_ns, time.monotonic())):
             with self._stats_lock:
                 self.stats.dropped += 1
+
+    def _on_message_lost(self, info: Any) -> None:
+        with self._stats_lock:
+            self.stats.lost_in_transport += int(info.total_count_change)
 
     def _count_bad(self, kind: str, message: str) -> None:
         now = time.monotonic()
@@ -397,15 +407,17 @@ class LoopClosureNode(Node):
         now = time.monotonic()
         with self._stats_lock:
             s = self.stats.snapshot()
-        t_prev, received_prev, processed_prev = self._last_diag
+        t_prev, received_prev, processed_prev, lost_prev = self._last_diag
         dt = max(now - t_prev, 1e-6)
-        self._last_diag = (now, s["received"], s["processed"])
+        self._last_diag = (now, s["received"], s["processed"], s["lost_in_transport"])
+        received, lost = s["received"] - received_prev, s["lost_in_transport"] - lost_prev
         lat = np.asarray(s["latencies"], dtype=np.float64) * 1000.0
         pipeline = self.pipeline
         values = {
-            "input_rate_hz": f"{(s['received'] - received_prev) / dt:.2f}",
+            "input_rate_hz": f"{received / dt:.2f}",
             "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
             "frames_received": s["received"],
+            "frames_lost_in_transport": s["lost_in_transport"],
             "frames_processed": s["processed"],
             "frames_dropped": s["dropped"],
             "bad_frames": sum(s["bad"].values()),
@@ -425,13 +437,21 @@ class LoopClosureNode(Node):
             "precision": self.cfg.model.precision,
             "random_weights": str(self.random_weights).lower(),
         }
+        warnings = []
+        if lost > 0 and lost > _LOST_WARN_SHARE * (lost + received):
+            warnings.append(f"{lost} of {lost + received} images lost in transport before reaching the node "
+                            f"({100 * lost / (lost + received):.0f} %): large best-effort images over UDP; set "
+                            "reliable_qos (if the camera publishes reliable), enlarge the socket receive buffers or use "
+                            "compressed images (README, 'Troubleshooting: lost frames')")
+        elif received == 0:
+            warnings.append("no images received")
+        if self.random_weights:
+            warnings.append("random weights: candidates are meaningless")
         level, message = DiagnosticStatus.OK, f"{values['processed_rate_hz']} Hz processed, {self._db_size} keyframes"
         if not self._worker.is_alive() and not self._closed:
             level, message = DiagnosticStatus.ERROR, "worker thread stopped"
-        elif self.random_weights:
-            level, message = DiagnosticStatus.WARN, "random weights: candidates are meaningless; " + message
-        elif s["received"] == received_prev:
-            level, message = DiagnosticStatus.WARN, "no images received"
+        elif warnings:
+            level, message = DiagnosticStatus.WARN, "; ".join(warnings + [message])
         return DiagnosticStatus(
             level=level, name=f"{self.get_fully_qualified_name()}: loop closure", message=message,
             hardware_id=pipeline.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],

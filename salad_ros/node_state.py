@@ -50,9 +50,12 @@ class LatestFrameSlot:
 
 @dataclass
 class NodeStats:
-    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``."""
+    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``;
+    ``lost_in_transport`` frames never reached the node (the middleware reported them lost: the
+    subscription's message_lost event), so they are not in ``received``."""
 
     received: int = 0
+    lost_in_transport: int = 0
     processed: int = 0
     dropped: int = 0
     failed: int = 0

@@ -8,8 +8,11 @@ nowhere else.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +46,7 @@ from salad_ros.node_state import rss_bytes
 from salad_ros.params import iter_specs
 
 T0 = 100 * SEC
+HERE = Path(__file__).resolve().parent
 
 
 
@@ -309,10 +313,10 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
 
             want_raw = {"bad_frames": "6", "bad_frames.unsupported_encoding": "2", "bad_frames.wrong_size": "3",
                         "bad_frames.empty": "1", "bad_frames.undecodable": "0", "bad_frames.too_large": "0",
-                        "frames_received": "7", "frames_processed": "1", "frames_dropped": "0"}
+                        "frames_received": "7", "frames_lost_in_transport": "0", "frames_processed": "1", "frames_dropped": "0"}
             want_comp = {"bad_frames": "3", "bad_frames.unsupported_encoding": "0", "bad_frames.wrong_size": "0",
                          "bad_frames.empty": "1", "bad_frames.undecodable": "2", "bad_frames.too_large": "0",
-                         "frames_received": "4", "frames_processed": "1", "frames_dropped": "0"}
+                         "frames_received": "4", "frames_lost_in_transport": "0", "frames_processed": "1", "frames_dropped": "0"}
             assert wait_until(lambda: bad_counters(col) == want_raw and bad_counters(colc) == want_comp, 5), \
                 (bad_counters(col), bad_counters(colc))
             assert raw._worker.is_alive() and comp._worker.is_alive()
@@ -426,6 +430,38 @@ def test_burst_is_bounded_counted_and_node_keeps_answering(ctx, encoder):
             pub.publish(image_msg(scene(5), T0 + 100 * SEC))
             assert wait_until(lambda: s.processed == before + 1, 20)
     finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_frames_lost_in_transport_counted_and_warned(ctx, encoder):
+    """640x480 rgb8 from another process over best-effort UDP loopback mostly never arrive (5 of 30
+    in ENVIRONMENT-NOTES): /diagnostics used to show nothing of it. The subscription's
+    message_lost event counts them; a large share is a WARN naming the remedies."""
+    node = make_node(ctx, "/lossy", encoder, reliable_qos=False, diagnostics_period=0.5)
+    col = Collector("/lossy/salad_loop_closure", context=ctx, image_topic="/lossy/unused")
+    streamer = None
+    try:
+        with Spinner(ctx, node, col):
+            assert wait_until(lambda: col.count_publishers("/diagnostics") > 0, 10)
+            streamer = subprocess.Popen(
+                [sys.executable, str(HERE / "_ros_helpers.py"), "stream", "--topic", "/lossy/image",
+                 "--count", "30", "--rate", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            out, err = streamer.communicate(timeout=60)
+            assert streamer.returncode == 0, err[-2000:]
+            s = node.stats
+            assert wait_until(lambda: s.lost_in_transport + s.received >= 25, 5), (s.received, s.lost_in_transport)
+            print(f"transport: sent 30, received {s.received}, lost in transport {s.lost_in_transport}")
+            assert s.lost_in_transport > 0 and s.received + s.lost_in_transport <= 30
+            assert wait_until(lambda: (col.last_diagnostics() or {}).get("frames_lost_in_transport")
+                              == str(s.lost_in_transport), 5)
+            warned = [d for d in col.diagnostics if "lost in transport" in d["_message"]]
+            assert warned and all(d["_level"] == 1 for d in warned), [d["_message"] for d in col.diagnostics]
+            assert "reliable_qos" in warned[0]["_message"] and "README" in warned[0]["_message"]
+    finally:
+        if streamer is not None and streamer.poll() is None:
+            streamer.kill()
+            streamer.communicate()
         node.destroy_node()
         col.destroy_node()
 
