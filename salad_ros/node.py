@@ -14,6 +14,7 @@ subscribes) and ``/diagnostics``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -31,10 +32,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
@@ -65,19 +68,22 @@ _POSE_HISTORY = 256
 # Shutdown budget: the worker finishes its current frame (one inference) within this.
 _WORKER_JOIN_TIMEOUT = 3.0
 
-# Sensor-data QoS with depth 1: only the newest image matters ("latest wins" end to end).
-IMAGE_QOS_BEST_EFFORT = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1,
-    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE,
-)
-IMAGE_QOS_RELIABLE = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1,
-    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
-)
-# Best effort subscribers match both reliable and best-effort pose publishers.
-POSE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
-# A back end must not miss candidates or keyframe ids: reliable, with some slack.
-TABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+def _qos(depth: int, reliability: ReliabilityPolicy,
+         durability: DurabilityPolicy = DurabilityPolicy.VOLATILE) -> QoSProfile:
+    """A fresh profile per entity: rclpy writes qos_overrides.* values into the profile it is given."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability, durability=durability)
+
+
+# Image: sensor-data QoS with depth 1, only the newest image matters ("latest wins" end to end).
+IMAGE_DEPTH = 1
+# Poses: best-effort subscribers match both reliable and best-effort pose publishers.
+POSE_DEPTH = 50
+# ~/keyframes and ~/loop_candidates: a back end must not miss one, and one that starts late still
+# gets the last TABLE_DEPTH messages of each (reliable, transient local).
+TABLE_DEPTH = 100
+# Policies settable per entity with qos_overrides.<topic>.<publisher|subscription>.<policy>.
+QOS_OVERRIDES = QoSOverridingOptions(
+    [QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY])
 
 
 class StartupError(RuntimeError):
@@ -137,9 +143,22 @@ class LoopClosureNode(Node):
         try:
             self.cfg = self._declare_parameters()
             self._build_pipeline(encoder)
+            self._start()
         except BaseException:
             self.destroy_node()
             raise
+        node_cfg = self.cfg.node
+        image_qos = self._image_sub.qos_profile
+        self.get_logger().info(
+            f"ready: {self.pipeline.describe()}; subscribed to "
+            f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
+            f"{'reliable' if image_qos.reliability == ReliabilityPolicy.RELIABLE else 'best effort'}, "
+            f"depth {image_qos.depth}); database {self.pipeline.keyframe_count} keyframes"
+            + (f" from {node_cfg.database_path}" if self.pipeline.keyframe_count else "")
+        )
+
+    def _start(self) -> None:
+        """State, subscriptions, publishers, services, the diagnostics timer and the worker."""
         self._pipeline_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats = NodeStats()
@@ -153,37 +172,63 @@ class LoopClosureNode(Node):
         self._closed = False
 
         node_cfg = self.cfg.node
-        qos = IMAGE_QOS_RELIABLE if node_cfg.reliable_qos else IMAGE_QOS_BEST_EFFORT
+        reliability = ReliabilityPolicy.RELIABLE if node_cfg.reliable_qos else ReliabilityPolicy.BEST_EFFORT
         # best effort over UDP loses large frames before they reach us: count what DDS reports lost
         events = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
         if node_cfg.image_transport == "compressed":
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos,
-                                                       event_callbacks=events)
+            # image_transport's convention: the base topic is resolved (remapped) first, so
+            # '-r image:=/cam' moves the subscription to /cam/compressed
+            topic = self.resolve_topic_name("image") + "/compressed"
+            self._image_sub = self._subscribe(CompressedImage, topic, self._on_image, _qos(IMAGE_DEPTH, reliability),
+                                              event_callbacks=events)
         else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos, event_callbacks=events)
-        if node_cfg.pose_source == "odometry":
-            self._pose_sub = self.create_subscription(Odometry, "odom", self._on_pose, POSE_QOS)
-        elif node_cfg.pose_source == "pose":
-            self._pose_sub = self.create_subscription(PoseStamped, "pose", self._on_pose, POSE_QOS)
+            self._image_sub = self._subscribe(Image, "image", self._on_image, _qos(IMAGE_DEPTH, reliability),
+                                              event_callbacks=events)
+        if node_cfg.pose_source != "none":
+            msg_type, topic = (Odometry, "odom") if node_cfg.pose_source == "odometry" else (PoseStamped, "pose")
+            self._pose_sub = self._subscribe(msg_type, topic, self._on_pose,
+                                             _qos(POSE_DEPTH, ReliabilityPolicy.BEST_EFFORT))
 
-        self._candidates_pub = self.create_publisher(PointCloud2, "~/loop_candidates", TABLE_QOS)
-        self._keyframes_pub = self.create_publisher(PointCloud2, "~/keyframes", TABLE_QOS)
+        table_qos = (TABLE_DEPTH, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+        self._candidates_pub = self._advertise(PointCloud2, "~/loop_candidates", _qos(*table_qos))
+        self._keyframes_pub = self._advertise(PointCloud2, "~/keyframes", _qos(*table_qos))
         # reliable: matches best-effort and reliable viewers (rviz, rqt_image_view) alike
-        self._debug_pub = self.create_publisher(Image, "~/debug_image", IMAGE_QOS_RELIABLE)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._debug_pub = self._advertise(Image, "~/debug_image", _qos(1, ReliabilityPolicy.RELIABLE))
+        self._diag_pub = self._advertise(DiagnosticArray, "/diagnostics", _qos(10, ReliabilityPolicy.RELIABLE))
+        self._warn_unused_qos_overrides()
         self._save_srv = self.create_service(Trigger, "~/save_database", self._on_save)
         self._reset_srv = self.create_service(Trigger, "~/reset_database", self._on_reset)
         self._diag_timer = self.create_timer(node_cfg.diagnostics_period, self._publish_diagnostics)
 
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"ready: {self.pipeline.describe()}; subscribed to "
-            f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
-            f"{'reliable' if node_cfg.reliable_qos else 'best effort'}); database "
-            f"{self.pipeline.keyframe_count} keyframes"
-            + (f" from {node_cfg.database_path}" if self.pipeline.keyframe_count else "")
-        )
+
+    def _subscribe(self, msg_type: type, topic: str, callback: Any, qos: QoSProfile, **kwargs: Any) -> Any:
+        with self._qos_overrides_checked("subscription", topic):
+            return self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=QOS_OVERRIDES,
+                                            **kwargs)
+
+    def _advertise(self, msg_type: type, topic: str, qos: QoSProfile) -> Any:
+        with self._qos_overrides_checked("publisher", topic):
+            return self.create_publisher(msg_type, topic, qos, qos_overriding_options=QOS_OVERRIDES)
+
+    @contextlib.contextmanager
+    def _qos_overrides_checked(self, entity: str, topic: str) -> Any:
+        """rclpy's errors about a qos_overrides.* value as a StartupError naming the parameter."""
+        try:
+            yield
+        except (RuntimeError, ParameterException, InvalidQosOverridesError, TypeError, ValueError) as exc:
+            prefix = f"qos_overrides.{self.resolve_topic_name(topic)}.{entity}."
+            policy = re.search(r"policy `(\w+)`", str(exc))
+            name = prefix + (policy.group(1) if policy else "*")
+            raise StartupError(f"parameter '{name}': {one_line(exc)}") from exc
+
+    def _warn_unused_qos_overrides(self) -> None:
+        unused = sorted(n for n in self._parameter_overrides if n.startswith("qos_overrides.") and not self.has_parameter(n))
+        if unused:
+            mine = sorted({n.rsplit(".", 1)[0] + ".*" for n in self._parameters if n.startswith("qos_overrides.")})
+            self.get_logger().warning(f"ignoring {', '.join(unused)}: no such topic and entity here (this node's "
+                                      f"QoS parameters: {', '.join(mine)})")
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -469,7 +514,7 @@ class LoopClosureNode(Node):
 
         Safe to call more than once and after the context was shut down.
         """
-        if self._closed:
+        if self._closed or not hasattr(self, "_worker"):  # closed, or start-up failed before the worker
             return
         self._closed = True
         self._slot.close()

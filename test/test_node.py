@@ -32,8 +32,9 @@ from _ros_helpers import (
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterType
 from rclpy.context import Context
+from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_srvs.srv import Trigger
 
@@ -59,9 +60,9 @@ def encoder():
     return create_encoder(ModelConfig(**TEST_MODEL))
 
 
-def make_node(ctx: Context, namespace: str, encoder=None, **params) -> LoopClosureNode:
+def make_node(ctx: Context, namespace: str, encoder=None, cli_args: list[str] | None = None, **params) -> LoopClosureNode:
     values = {**TEST_MODEL, **TEST_DETECTOR, "reliable_qos": True, "diagnostics_period": 0.25, **params}
-    return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder,
+    return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder, cli_args=cli_args,
                            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
 
 
@@ -464,6 +465,82 @@ def test_frames_lost_in_transport_counted_and_warned(ctx, encoder):
             streamer.communicate()
         node.destroy_node()
         col.destroy_node()
+
+
+def test_qos_overrides_honoured(ctx, encoder):
+    """qos_overrides.<topic>.subscription|publisher.<policy> (the ROS 2 convention) were accepted and
+    ignored; now they set the QoS of the image and pose subscriptions and of the outputs."""
+    node = make_node(ctx, "/qos", encoder, reliable_qos=False, pose_source="odometry", **{
+        "qos_overrides./qos/image.subscription.reliability": "reliable",
+        "qos_overrides./qos/image.subscription.depth": 3,
+        "qos_overrides./qos/odom.subscription.depth": 7,
+        "qos_overrides./qos/salad_loop_closure/loop_candidates.publisher.depth": 11,
+        "qos_overrides./qos/salad_loop_closure/keyframes.publisher.durability": "volatile",
+    })
+    col = Node("salad_test_qos", context=ctx)
+    try:
+        image = node._image_sub.qos_profile
+        assert (image.reliability, image.depth) == (ReliabilityPolicy.RELIABLE, 3)
+        assert node._pose_sub.qos_profile.depth == 7
+        assert node._candidates_pub.qos_profile.depth == 11
+        assert node._keyframes_pub.qos_profile.durability == DurabilityPolicy.VOLATILE
+        assert node.get_parameter("qos_overrides./qos/image.subscription.reliability").value == "reliable"
+        # a reliable subscription does not match a best-effort publisher, a reliable one it does
+        best_effort = col.create_publisher(Image, "/qos/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        reliable = col.create_publisher(Image, "/qos/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        with Spinner(ctx, node, col):
+            assert wait_until(lambda: reliable.get_subscription_count() == 1, 10)
+            time.sleep(0.5)
+            assert best_effort.get_subscription_count() == 0
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+    with pytest.raises(StartupError) as info:
+        make_node(ctx, "/qos", encoder, **{"qos_overrides./qos/image.subscription.reliability": "sometimes"})
+    assert str(info.value).startswith("parameter 'qos_overrides./qos/image.subscription.reliability': ")
+
+
+def test_compressed_transport_follows_the_image_remapping(ctx, encoder):
+    """image_transport's convention: remapping the base topic moves '<base>/compressed' with it."""
+    node = make_node(ctx, "/remap", encoder, ["--ros-args", "-r", "image:=/cam"], image_transport="compressed")
+    try:
+        assert node._image_sub.topic_name == "/cam/compressed"
+    finally:
+        node.destroy_node()
+    # remapping the full name still works, and wins
+    node = make_node(ctx, "/remap", encoder, ["--ros-args", "-r", "image/compressed:=/other/jpeg"],
+                     image_transport="compressed")
+    try:
+        assert node._image_sub.topic_name == "/other/jpeg"
+    finally:
+        node.destroy_node()
+
+
+def test_late_subscribers_get_recent_keyframes_and_candidates(ctx, encoder):
+    """~/keyframes and ~/loop_candidates are transient local (depth 100): a back end that starts
+    after the node still gets what was published before it joined."""
+    node = make_node(ctx, "/late", encoder)
+    col = Collector("/late/salad_loop_closure", context=ctx, image_topic="/late/image")
+    late = Node("salad_test_late", context=ctx)
+    got: dict[str, list] = {"keyframes": [], "loop_candidates": []}
+    try:
+        with Spinner(ctx, node, col) as spinner:
+            assert col.wait_for_node()
+            stamps = publish_sequence(col, [0, 1, 2, 0], t0_ns=T0, period=0.0, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 1, 5)
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            for topic, rows in got.items():
+                late.create_subscription(PointCloud2, f"/late/salad_loop_closure/{topic}",
+                                         lambda msg, rows=rows: rows.append(cloud_to_table(msg)), qos)
+            spinner.add(late)
+            assert wait_until(lambda: len(got["keyframes"]) == 4 and len(got["loop_candidates"]) == 1, 10), \
+                {k: len(v) for k, v in got.items()}
+            assert [int(r["keyframe_id"][0]) for r in got["keyframes"]] == [0, 1, 2, 3]
+            assert got["loop_candidates"][0]["match_id"].tolist() == [0] and len(stamps) == 4
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+        late.destroy_node()
 
 
 def test_odometry_gives_keyframe_poses(ctx, encoder):
