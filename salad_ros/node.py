@@ -31,11 +31,13 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
@@ -57,7 +59,7 @@ from .io.table import (
 from .io.trajectory import Trajectory
 from .node_state import LatestFrameSlot, NodeStats, rss_bytes
 from .params import DEFAULT_NODE_NAME, ConfigError, one_line
-from .ros_params import declare_config
+from .ros_params import RUNTIME_PARAMETERS, changed_config, declare_config, integers_as_doubles
 
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
@@ -202,6 +204,10 @@ class LoopClosureNode(Node):
 
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
+        # runtime changes (RUNTIME_PARAMETERS; the others are read-only): checked, then applied
+        self.add_pre_set_parameters_callback(lambda params: integers_as_doubles(SaladConfig, params))
+        self.add_on_set_parameters_callback(self._check_parameter_change)
+        self.add_post_set_parameters_callback(self._apply_parameter_change)
 
     def _subscribe(self, msg_type: type, topic: str, callback: Any, qos: QoSProfile, **kwargs: Any) -> Any:
         with self._qos_overrides_checked("subscription", topic):
@@ -235,7 +241,7 @@ class LoopClosureNode(Node):
     def _declare_parameters(self) -> SaladConfig:
         """Declare every config parameter (see :mod:`salad_ros.ros_params`) and build the config."""
         try:
-            cfg = declare_config(self, SaladConfig)
+            cfg = declare_config(self, SaladConfig, RUNTIME_PARAMETERS)
         except ConfigError as exc:
             raise StartupError(one_line(exc)) from exc
         problem = _database_path_problem(cfg.node.database_path)
@@ -277,6 +283,27 @@ class LoopClosureNode(Node):
                          "Descriptors are meaningless; loop candidates are NOT real. Development only.",
                          "*" * 72):
                 self.get_logger().warning(line)
+
+    # -- runtime parameter changes (executor thread) ----------------------------------------
+
+    def _check_parameter_change(self, params: list[Parameter]) -> SetParametersResult:
+        if not any(p.name in RUNTIME_PARAMETERS for p in params):
+            return SetParametersResult(successful=True)  # not ours (e.g. qos_overrides.* being declared)
+        try:
+            changed_config(self.cfg, params)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=one_line(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameter_change(self, params: list[Parameter]) -> None:
+        mine = [p for p in params if p.name in RUNTIME_PARAMETERS]
+        if not mine:
+            return
+        new = changed_config(self.cfg, mine)  # checked by _check_parameter_change
+        with self._pipeline_lock:  # between frames: a frame sees the old or the new thresholds
+            self.pipeline.update_detector_config(new.detector)
+            self.cfg = dataclasses.replace(self.cfg, node=new.node, detector=new.detector)
+        self.get_logger().info("changed " + ", ".join(f"{p.name} = {p.value!r}" for p in mine))
 
     # -- input (executor thread) -------------------------------------------------------------
 

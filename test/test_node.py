@@ -31,6 +31,7 @@ from _ros_helpers import (
 )
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -45,6 +46,7 @@ from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, clo
 from salad_ros.node import LoopClosureNode, StartupError
 from salad_ros.node_state import rss_bytes
 from salad_ros.params import iter_specs
+from salad_ros.ros_params import RUNTIME_PARAMETERS
 
 T0 = 100 * SEC
 HERE = Path(__file__).resolve().parent
@@ -184,7 +186,8 @@ def test_parameters_declared_with_descriptors(ctx, encoder):
         for spec in iter_specs(SaladConfig):
             d = node.describe_parameter(spec.name)
             assert d.type == types[spec.type], spec.name
-            assert d.read_only and spec.description in d.description
+            assert d.read_only == (spec.name not in RUNTIME_PARAMETERS), spec.name
+            assert spec.description in d.description
             if spec.choices:
                 assert all(c in d.description for c in spec.choices)
             if spec.range and spec.type is float:
@@ -201,6 +204,83 @@ def test_parameters_declared_with_descriptors(ctx, encoder):
 
 # ---------------------------------------------------------------------------------------------
 # The main behaviour
+
+
+def test_detector_thresholds_change_at_runtime(ctx, encoder):
+    """Thresholds and keyframe rules can be set while the node runs (SetParameters service, as
+    'ros2 param set' does), checked like start-up values; model, database and topics can't."""
+    node = make_node(ctx, "/rt", encoder)
+    col = Collector("/rt/salad_loop_closure", context=ctx, image_topic="/rt/image")
+    client = col.create_client(SetParameters, "/rt/salad_loop_closure/set_parameters")
+
+    def set_params(**values) -> list:
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        future = client.call_async(request)
+        assert wait_until(future.done, 10), "no answer from set_parameters"
+        return future.result().results
+
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node() and client.wait_for_service(timeout_sec=10)
+            publish_sequence(col, [0, 1, 2, 0], t0_ns=T0, period=0.0, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 1, 5)  # the revisit of scene 0
+            # a valid change applies from the next frame on: every older keyframe is now "too recent"
+            (r,) = set_params(**{"detector.exclude_recent_keyframes": 100})
+            assert r.successful, r.reason
+            assert node.get_parameter("detector.exclude_recent_keyframes").value == 100
+            assert node.cfg.detector.exclude_recent_keyframes == 100
+            publish_sequence(col, [2, 1], t0_ns=T0 + 10 * SEC, processed=lambda: node.stats.processed)
+            # an integer for a float parameter is taken, as in the params file; several at once
+            results = set_params(**{"detector.min_score": 0, "detector.top_k": 4, "pose_tolerance": 0.2})
+            assert all(r.successful for r in results), [r.reason for r in results]
+            assert node.cfg.detector.min_score == 0.0 and node.get_parameter("detector.min_score").value == 0.0
+            assert node.cfg.detector.top_k == 4 and node.cfg.node.pose_tolerance == 0.2
+            results = set_params(**{"detector.min_score": 0.997, "detector.exclude_recent_keyframes": 2})
+            assert all(r.successful for r in results), [r.reason for r in results]
+            # refused: out of range, cross-field rule, read-only, wrong type; nothing changes
+            assert set_params(**{"detector.consistency_count": 3})[0].successful  # with consistency_id_window 5
+            refusals = [({"detector.min_score": 1.5}, "out of range"),
+                        ({"detector.consistency_id_window": 0},
+                         "parameter 'detector.consistency_id_window': must be >= 1 when detector.consistency_count > 1"),
+                        ({"image_size": 448}, "read-only"), ({"weights": "/other.ckpt"}, "read-only"),
+                        ({"database_path": "/tmp/x"}, "read-only"), ({"image_transport": "compressed"}, "read-only"),
+                        ({"detector.verify": True}, "read-only"), ({"detector.top_k": "many"}, "type")]
+            for values, reason in refusals:
+                (r,) = set_params(**values)
+                assert not r.successful and reason in r.reason, (values, r.reason)
+            assert node.cfg.detector.consistency_id_window == 5 and node.cfg.detector.min_score == 0.997
+            assert set_params(**{"detector.consistency_count": 1})[0].successful
+            # the revisits of scenes 2 and 1 found nothing while exclude_recent_keyframes was 100; now they do
+            assert len(col.candidate_rows()) == 1
+            stamps = publish_sequence(col, [2, 1], t0_ns=T0 + 20 * SEC, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 3, 5)
+            assert [q for q, _ in col.candidate_rows()[1:]] == stamps
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_pipeline_takes_new_detector_thresholds_and_keeps_its_state(encoder):
+    """What the node calls for a runtime change (ROS-free): thresholds reach the detector and the
+    verifier, the map and the detector's history stay, a later reset keeps the new values."""
+    import dataclasses
+
+    from salad_ros.backends import ModelConfig
+    from salad_ros.detector import DetectorConfig
+    from salad_ros.pipeline import LoopClosurePipeline
+
+    cfg = SaladConfig(model=ModelConfig(**TEST_MODEL), detector=DetectorConfig(verify=True))
+    pipeline = LoopClosurePipeline(cfg, encoder=encoder)
+    pipeline.process(scene(0), T0)
+    new = dataclasses.replace(cfg.detector, min_score=0.9, verify_min_inliers=40, verify_ratio=0.7)
+    pipeline.update_detector_config(new)
+    assert pipeline.keyframe_count == 1 and pipeline.process(scene(0), T0 + SEC).reason.startswith("not novel")
+    verifier = pipeline.detector._verifier
+    assert (verifier.min_inliers, verifier.ratio) == (40, 0.7) and pipeline.detector.config.min_score == 0.9
+    pipeline.reset()
+    assert pipeline.detector.config.min_score == 0.9 and pipeline.detector._verifier.min_inliers == 40
+    with pytest.raises(ValueError, match="detector.verify can't change"):
+        pipeline.update_detector_config(dataclasses.replace(new, verify=False))
 
 
 def test_candidates_exactly_on_revisits(ctx):
