@@ -92,6 +92,13 @@ class StartupError(RuntimeError):
     """The node cannot start; the message is one line naming the cause (usually a parameter)."""
 
 
+def _save_summary(report: Any, n: int, path: str) -> str:
+    """One line about a save: the pipeline's report when it has a ``summary()`` (it names, e.g.,
+    where the replaced map was kept), else how many keyframes went where."""
+    summary = getattr(report, "summary", None)
+    return str(summary()) if callable(summary) else f"saved {n} keyframes to {path}"
+
+
 def _database_path_problem(path: str) -> str | None:
     """Why the node could not save to ``path`` (None when it can, or when no path is set).
 
@@ -455,12 +462,12 @@ class LoopClosureNode(Node):
         try:
             with self._pipeline_lock:
                 n = self.pipeline.keyframe_count
-                self.pipeline.save(path)
+                report = self.pipeline.save(path)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
             response.success, response.message = False, f"saving to {path} failed: {one_line(exc)}"
             self.get_logger().error(response.message)
             return response
-        response.success, response.message = True, f"saved {n} keyframes to {path}"
+        response.success, response.message = True, _save_summary(report, n, path)
         self.get_logger().info(response.message)
         return response
 
@@ -470,7 +477,12 @@ class LoopClosureNode(Node):
             self.pipeline.reset()
             self._db_size = self.pipeline.keyframe_count
             self._db_memory = self.pipeline.memory_bytes()
-        response.success, response.message = True, f"forgot {n} keyframes (the saved database is untouched)"
+        path = self.cfg.node.database_path
+        when = "the next save" + (" (~/save_database or on shutdown)" if self.cfg.node.save_on_shutdown else "")
+        response.success = True
+        response.message = (f"forgot {n} keyframes; the saved map in {path} is untouched until {when}, which keeps "
+                             "it as a backup beside the new one" if path else f"forgot {n} keyframes (nothing saved: "
+                             "no database_path)")
         self.get_logger().info(response.message)
         return response
 
@@ -555,8 +567,8 @@ class LoopClosureNode(Node):
             try:
                 n = self.pipeline.keyframe_count
                 self._log("info", f"saving {n} keyframes to {self.cfg.node.database_path} ...")
-                path = self.pipeline.save()
-                self._log("info", f"saved {n} keyframes to {path}")
+                report = self.pipeline.save()
+                self._log("info", _save_summary(report, n, self.cfg.node.database_path))
             except Exception as exc:  # noqa: BLE001 - report and still exit
                 self._log("error", f"saving the database failed: {one_line(exc)}")
             finally:

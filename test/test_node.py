@@ -345,6 +345,18 @@ def test_save_reset_and_second_session(ctx, encoder, tmp_path):
             res = call(col, reset)
             assert res.success and node.pipeline.keyframe_count == 0
             assert len(KeyframeDatabase.load(db)) == 3  # reset leaves the saved map alone
+            # ... and says so, and what the next save will do with it
+            assert res.message.startswith(f"forgot 3 keyframes; the saved map in {db} is untouched until the next save")
+            assert "backup" in res.message
+            # a save report (pipeline.save's result when it has a summary()) is the reply as it is
+            real_save = node.pipeline.save
+            report = type("Report", (), {"summary": lambda self: "saved 0 keyframes to X; previous map kept as X.bak"})
+            node.pipeline.save = lambda path=None: report()
+            try:
+                res = call(col, save)
+            finally:
+                node.pipeline.save = real_save
+            assert res.success and res.message == "saved 0 keyframes to X; previous map kept as X.bak"
     finally:
         node.destroy_node()
     # second session: the saved map is loaded, a revisit of scene 0 matches keyframe 0 of session 1
