@@ -57,7 +57,7 @@ from .io.table import (
     pack,
 )
 from .io.trajectory import Trajectory
-from .node_state import LatestFrameSlot, NodeStats, rss_bytes
+from .node_state import LatestFrameSlot, NodeStats, hardware_id, rss_bytes
 from .params import DEFAULT_NODE_NAME, ConfigError, one_line
 from .ros_params import RUNTIME_PARAMETERS, changed_config, declare_config, integers_as_doubles
 
@@ -178,6 +178,10 @@ class LoopClosureNode(Node):
         self._db_size = self.pipeline.keyframe_count
         self._db_memory = self.pipeline.memory_bytes()
         self._last_diag = (time.monotonic(), 0, 0, 0)
+        # diagnostic_updater's form, '<node name>: <task>' without a leading slash; in a namespace
+        # the name keeps it ('robot1/salad_loop_closure: ...') so robots don't share one status
+        self._diag_name = f"{self.get_fully_qualified_name().lstrip('/')}: loop closure"
+        self._hardware_id = hardware_id(self.pipeline.device)
         self._closed = False
 
         node_cfg = self.cfg.node
@@ -537,8 +541,8 @@ class LoopClosureNode(Node):
         elif warnings:
             level, message = DiagnosticStatus.WARN, "; ".join(warnings + [message])
         return DiagnosticStatus(
-            level=level, name=f"{self.get_fully_qualified_name()}: loop closure", message=message,
-            hardware_id=pipeline.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            level=level, name=self._diag_name, message=message, hardware_id=self._hardware_id,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
         )
 
     def _publish_diagnostics(self) -> None:

@@ -153,7 +153,8 @@ class Collector(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(self.target + ":"):
+            # diagnostic_updater's convention: '<node>: <task>' without the leading slash
+            if status.name.startswith(self.target.lstrip("/") + ":"):
                 with self._lock:
                     level = status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
                     self.diagnostics.append({kv.key: kv.value for kv in status.values}

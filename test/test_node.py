@@ -44,7 +44,7 @@ from salad_ros.database import KeyframeDatabase
 from salad_ros.io.messages import ns_to_sec_nanosec
 from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, cloud_to_table, make_rows, pack, unpack
 from salad_ros.node import LoopClosureNode, StartupError
-from salad_ros.node_state import rss_bytes
+from salad_ros.node_state import hardware_id, rss_bytes
 from salad_ros.params import iter_specs
 from salad_ros.ros_params import RUNTIME_PARAMETERS
 
@@ -324,6 +324,8 @@ def test_candidates_exactly_on_revisits(ctx):
             assert diag["device"] == "cpu" and diag["backend"] == "torch" and diag["random_weights"] == "true"
             assert float(diag["inference_latency_p95_ms"]) >= float(diag["inference_latency_mean_ms"]) * 0.5 > 0
             assert diag["_level"] == 1  # WARN: random weights
+            assert diag["_name"] == "seq/salad_loop_closure: loop closure"
+            assert diag["_hardware_id"] == hardware_id("cpu") and diag["_hardware_id"].startswith("cpu: ")
     finally:
         node.destroy_node()
         col.destroy_node()

@@ -132,6 +132,8 @@ def test_ctrl_c_exits_cleanly_with_the_shipped_config(ctx):
         with Spinner(ctx, col):
             assert wait_until(col.last_diagnostics, 60), "node never published diagnostics"
             assert col.last_diagnostics()["_level"] == 1  # WARN: random weights, no images
+            # diagnostic_updater's form in the root namespace: '<node name>: <task>', no slash
+            assert col.last_diagnostics()["_name"] == f"{DEFAULT_NODE_NAME}: loop closure"
         code, seconds, output = stop(node, signal.SIGINT)
         assert code == 0 and seconds < 5.0, output[-3000:]
         assert "Traceback" not in output and "RANDOM WEIGHTS" in output
