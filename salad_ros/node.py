@@ -7,8 +7,10 @@ stays bounded however fast the camera is. Services (save/reset) and the diagnost
 on the executor; a lock keeps them from touching the database while the worker uses it.
 
 Outputs (see README, "The loop-closure node"): ``~/loop_candidates`` and ``~/keyframes`` as
-PointCloud2 tables (:mod:`salad_ros.io.table`), ``~/debug_image`` (computed only while someone
-subscribes) and ``/diagnostics``.
+PointCloud2 tables (:mod:`salad_ros.io.table`; reliable, transient local), ``~/debug_image``
+(computed only while someone subscribes) and ``/diagnostics``. Every topic takes the standard
+``qos_overrides.*`` parameters; detector thresholds can change while the node runs
+(:data:`salad_ros.ros_params.RUNTIME_PARAMETERS`).
 """
 
 from __future__ import annotations
