@@ -188,17 +188,20 @@ class LoopClosureNode(Node):
 
         node_cfg = self.cfg.node
         reliability = ReliabilityPolicy.RELIABLE if node_cfg.reliable_qos else ReliabilityPolicy.BEST_EFFORT
-        # best effort over UDP loses large frames before they reach us: count what DDS reports lost
-        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
         if node_cfg.image_transport == "compressed":
             # image_transport's convention: the base topic is resolved (remapped) first, so
             # '-r image:=/cam' moves the subscription to /cam/compressed
-            topic = self.resolve_topic_name("image") + "/compressed"
-            self._image_sub = self._subscribe(CompressedImage, topic, self._on_image, _qos(IMAGE_DEPTH, reliability),
-                                              event_callbacks=events)
+            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
         else:
-            self._image_sub = self._subscribe(Image, "image", self._on_image, _qos(IMAGE_DEPTH, reliability),
-                                              event_callbacks=events)
+            msg_type, topic = Image, "image"
+        # best effort over UDP loses large frames before they reach us: count what DDS reports lost
+        try:
+            self._image_sub = self._subscribe(msg_type, topic, self._on_image, _qos(IMAGE_DEPTH, reliability),
+                                              event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost))
+            self._lost_reported = True
+        except _rclpy.UnsupportedEventTypeError:  # an RMW without the event: frames_lost_in_transport stays 0
+            self._image_sub = self._subscribe(msg_type, topic, self._on_image, _qos(IMAGE_DEPTH, reliability))
+            self._lost_reported = False
         if node_cfg.pose_source != "none":
             msg_type, topic = (Odometry, "odom") if node_cfg.pose_source == "odometry" else (PoseStamped, "pose")
             self._pose_sub = self._subscribe(msg_type, topic, self._on_pose,
@@ -236,6 +239,8 @@ class LoopClosureNode(Node):
         """rclpy's errors about a qos_overrides.* value as a StartupError naming the parameter."""
         try:
             yield
+        except _rclpy.UnsupportedEventTypeError:
+            raise
         except (RuntimeError, ParameterException, InvalidQosOverridesError, TypeError, ValueError) as exc:
             prefix = f"qos_overrides.{self.resolve_topic_name(topic)}.{entity}."
             policy = re.search(r"policy `(\w+)`", str(exc))
@@ -507,7 +512,7 @@ class LoopClosureNode(Node):
             "input_rate_hz": f"{received / dt:.2f}",
             "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
             "frames_received": s["received"],
-            "frames_lost_in_transport": s["lost_in_transport"],
+            "frames_lost_in_transport": s["lost_in_transport"] if self._lost_reported else "not reported by this RMW",
             "frames_processed": s["processed"],
             "frames_dropped": s["dropped"],
             "bad_frames": sum(s["bad"].values()),

@@ -637,6 +637,26 @@ def test_late_subscribers_get_recent_keyframes_and_candidates(ctx, encoder):
         late.destroy_node()
 
 
+def test_rmw_without_the_message_lost_event(ctx, encoder, monkeypatch):
+    """Not every RMW reports lost messages: the node still starts, and says it can't count them."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    real = LoopClosureNode.create_subscription
+
+    def no_lost_event(self, *args, event_callbacks=None, **kwargs):
+        if event_callbacks is not None and event_callbacks.message_lost is not None:
+            raise rclpy_implementation.UnsupportedEventTypeError("message lost event not supported")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoopClosureNode, "create_subscription", no_lost_event)
+    node = make_node(ctx, "/nolost", encoder)
+    try:
+        values = {kv.key: kv.value for kv in node.diagnostics_status().values}
+        assert values["frames_lost_in_transport"] == "not reported by this RMW"
+    finally:
+        node.destroy_node()
+
+
 def test_odometry_gives_keyframe_poses(ctx, encoder):
     node = make_node(ctx, "/odo", encoder, pose_source="odometry", pose_tolerance=0.05,
                      **{"detector.keyframe_min_distance_m": 1.0, "detector.keyframe_min_rotation_deg": 0.0})
