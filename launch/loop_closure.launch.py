@@ -46,9 +46,14 @@ def _node(context, *_args, **_kwargs):
             name=DEFAULT_NODE_NAME,
             namespace=arg["namespace"],
             parameters=[params],
-            remappings=[("image", topic), ("image/compressed", topic.rstrip("/") + "/compressed")],
+            # with compressed transport the node follows the base topic to '<image_topic>/compressed'
+            remappings=[("image", topic)],
             output="screen",
             emulate_tty=True,
+            # launch stops a node with SIGINT, SIGTERM after sigterm_timeout (5 s) and SIGKILL
+            # sigkill_timeout s later; the node finishes saving its map whatever signals come, so
+            # only SIGKILL cuts a save short: give a big map 30 s more to be written
+            sigkill_timeout="30",
         )
     ]
 

@@ -30,10 +30,17 @@ class NodeConfig:
     """Settings of the ROS layer (ignored by offline replay)."""
 
     image_transport: str = param(
-        "raw", "Subscribe to sensor_msgs/Image on 'image' (raw) or CompressedImage on 'image/compressed'",
+        "raw", "Subscribe to sensor_msgs/Image on 'image' (raw) or CompressedImage on '<image>/compressed' "
+        "(compressed; follows a remapping of 'image', as image_transport does)",
         choices=("raw", "compressed"),
     )
-    reliable_qos: bool = param(False, "Reliable image subscription instead of sensor-data QoS (best effort, depth 1)")
+    reliable_qos: bool = param(False, "Reliable image subscription instead of sensor-data QoS (best effort, depth 1); "
+                                      "qos_overrides.<topic>.subscription.* win over it")
+    max_image_pixels: int = param(
+        25_000_000, "Largest image accepted, in pixels (width x height; 25 MP = 6000x4000 with margin); larger "
+        "frames are refused from their header before decoding and counted as bad_frames.too_large",
+        range=(1, 1 << 30),
+    )
     pose_source: str = param(
         "none", "Keyframe poses from nav_msgs/Odometry on 'odom', geometry_msgs/PoseStamped on 'pose', or none",
         choices=("none", "odometry", "pose"),

@@ -7,20 +7,25 @@ stays bounded however fast the camera is. Services (save/reset) and the diagnost
 on the executor; a lock keeps them from touching the database while the worker uses it.
 
 Outputs (see README, "The loop-closure node"): ``~/loop_candidates`` and ``~/keyframes`` as
-PointCloud2 tables (:mod:`salad_ros.io.table`), ``~/debug_image`` (computed only while someone
-subscribes) and ``/diagnostics``.
+PointCloud2 tables (:mod:`salad_ros.io.table`; reliable, transient local), ``~/debug_image``
+(computed only while someone subscribes) and ``/diagnostics``. Every topic takes the standard
+``qos_overrides.*`` parameters; detector thresholds can change while the node runs
+(:data:`salad_ros.ros_params.RUNTIME_PARAMETERS`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +33,15 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
@@ -48,34 +59,69 @@ from .io.table import (
     pack,
 )
 from .io.trajectory import Trajectory
-from .node_state import LatestFrameSlot, NodeStats, rss_bytes
+from .node_state import LatestFrameSlot, NodeStats, hardware_id, rss_bytes
 from .params import DEFAULT_NODE_NAME, ConfigError, one_line
-from .ros_params import declare_config
+from .ros_params import RUNTIME_PARAMETERS, changed_config, declare_config, integers_as_doubles
 
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
+# /diagnostics warns when more than this share of the images sent in a period was lost in transport.
+_LOST_WARN_SHARE = 0.2
 # Poses kept for stamp lookup (odometry at 100 Hz covers 2.5 s).
 _POSE_HISTORY = 256
 # Shutdown budget: the worker finishes its current frame (one inference) within this.
 _WORKER_JOIN_TIMEOUT = 3.0
 
-# Sensor-data QoS with depth 1: only the newest image matters ("latest wins" end to end).
-IMAGE_QOS_BEST_EFFORT = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1,
-    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE,
-)
-IMAGE_QOS_RELIABLE = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1,
-    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
-)
-# Best effort subscribers match both reliable and best-effort pose publishers.
-POSE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
-# A back end must not miss candidates or keyframe ids: reliable, with some slack.
-TABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+def _qos(depth: int, reliability: ReliabilityPolicy,
+         durability: DurabilityPolicy = DurabilityPolicy.VOLATILE) -> QoSProfile:
+    """A fresh profile per entity: rclpy writes qos_overrides.* values into the profile it is given."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability, durability=durability)
+
+
+# Image: sensor-data QoS with depth 1, only the newest image matters ("latest wins" end to end).
+IMAGE_DEPTH = 1
+# Poses: best-effort subscribers match both reliable and best-effort pose publishers.
+POSE_DEPTH = 50
+# ~/keyframes and ~/loop_candidates: a back end must not miss one, and one that starts late still
+# gets the last TABLE_DEPTH messages of each (reliable, transient local).
+TABLE_DEPTH = 100
+# Policies settable per entity with qos_overrides.<topic>.<publisher|subscription>.<policy>.
+QOS_OVERRIDES = QoSOverridingOptions(
+    [QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY])
 
 
 class StartupError(RuntimeError):
     """The node cannot start; the message is one line naming the cause (usually a parameter)."""
+
+
+def _save_summary(report: Any, n: int, path: str) -> str:
+    """One line about a save: the pipeline's report when it has a ``summary()`` (it names, e.g.,
+    where the replaced map was kept), else how many keyframes went where."""
+    summary = getattr(report, "summary", None)
+    return str(summary()) if callable(summary) else f"saved {n} keyframes to {path}"
+
+
+def _database_path_problem(path: str) -> str | None:
+    """Why the node could not save to ``path`` (None when it can, or when no path is set).
+
+    Raises :class:`StartupError` when the path can never hold a database: an existing file, or a
+    folder that can't be created because a parent is a file. Checked at start-up instead of at
+    the first save, after a whole session.
+    """
+    if not path:
+        return None
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise StartupError(f"parameter 'database_path': {path} is a file, not a database directory")
+    existing = target
+    while not existing.exists():  # the nearest existing ancestor: where the folder would be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StartupError(f"parameter 'database_path': {path} can't be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if existing == target else \
+            f"{path} is not writable ({existing} does not allow creating it)"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,9 +154,22 @@ class LoopClosureNode(Node):
         try:
             self.cfg = self._declare_parameters()
             self._build_pipeline(encoder)
+            self._start()
         except BaseException:
             self.destroy_node()
             raise
+        node_cfg = self.cfg.node
+        image_qos = self._image_sub.qos_profile
+        self.get_logger().info(
+            f"ready: {self.pipeline.describe()}; subscribed to "
+            f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
+            f"{'reliable' if image_qos.reliability == ReliabilityPolicy.RELIABLE else 'best effort'}, "
+            f"depth {image_qos.depth}); database {self.pipeline.keyframe_count} keyframes"
+            + (f" from {node_cfg.database_path}" if self.pipeline.keyframe_count else "")
+        )
+
+    def _start(self) -> None:
+        """State, subscriptions, publishers, services, the diagnostics timer and the worker."""
         self._pipeline_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats = NodeStats()
@@ -120,47 +179,95 @@ class LoopClosureNode(Node):
         self._poses_lock = threading.Lock()
         self._db_size = self.pipeline.keyframe_count
         self._db_memory = self.pipeline.memory_bytes()
-        self._last_diag = (time.monotonic(), 0, 0)
+        self._last_diag = (time.monotonic(), 0, 0, 0)
+        # diagnostic_updater's form, '<node name>: <task>' without a leading slash; in a namespace
+        # the name keeps it ('robot1/salad_loop_closure: ...') so robots don't share one status
+        self._diag_name = f"{self.get_fully_qualified_name().lstrip('/')}: loop closure"
+        self._hardware_id = hardware_id(self.pipeline.device)
         self._closed = False
 
         node_cfg = self.cfg.node
-        qos = IMAGE_QOS_RELIABLE if node_cfg.reliable_qos else IMAGE_QOS_BEST_EFFORT
+        reliability = ReliabilityPolicy.RELIABLE if node_cfg.reliable_qos else ReliabilityPolicy.BEST_EFFORT
         if node_cfg.image_transport == "compressed":
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            # image_transport's convention: the base topic is resolved (remapped) first, so
+            # '-r image:=/cam' moves the subscription to /cam/compressed
+            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
         else:
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, qos)
-        if node_cfg.pose_source == "odometry":
-            self._pose_sub = self.create_subscription(Odometry, "odom", self._on_pose, POSE_QOS)
-        elif node_cfg.pose_source == "pose":
-            self._pose_sub = self.create_subscription(PoseStamped, "pose", self._on_pose, POSE_QOS)
+            msg_type, topic = Image, "image"
+        # best effort over UDP loses large frames before they reach us: count what DDS reports lost
+        try:
+            self._image_sub = self._subscribe(msg_type, topic, self._on_image, _qos(IMAGE_DEPTH, reliability),
+                                              event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost))
+            self._lost_reported = True
+        except _rclpy.UnsupportedEventTypeError:  # an RMW without the event: frames_lost_in_transport stays 0
+            self._image_sub = self._subscribe(msg_type, topic, self._on_image, _qos(IMAGE_DEPTH, reliability))
+            self._lost_reported = False
+        if node_cfg.pose_source != "none":
+            msg_type, topic = (Odometry, "odom") if node_cfg.pose_source == "odometry" else (PoseStamped, "pose")
+            self._pose_sub = self._subscribe(msg_type, topic, self._on_pose,
+                                             _qos(POSE_DEPTH, ReliabilityPolicy.BEST_EFFORT))
 
-        self._candidates_pub = self.create_publisher(PointCloud2, "~/loop_candidates", TABLE_QOS)
-        self._keyframes_pub = self.create_publisher(PointCloud2, "~/keyframes", TABLE_QOS)
+        table_qos = (TABLE_DEPTH, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+        self._candidates_pub = self._advertise(PointCloud2, "~/loop_candidates", _qos(*table_qos))
+        self._keyframes_pub = self._advertise(PointCloud2, "~/keyframes", _qos(*table_qos))
         # reliable: matches best-effort and reliable viewers (rviz, rqt_image_view) alike
-        self._debug_pub = self.create_publisher(Image, "~/debug_image", IMAGE_QOS_RELIABLE)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._debug_pub = self._advertise(Image, "~/debug_image", _qos(1, ReliabilityPolicy.RELIABLE))
+        self._diag_pub = self._advertise(DiagnosticArray, "/diagnostics", _qos(10, ReliabilityPolicy.RELIABLE))
+        self._warn_unused_qos_overrides()
         self._save_srv = self.create_service(Trigger, "~/save_database", self._on_save)
         self._reset_srv = self.create_service(Trigger, "~/reset_database", self._on_reset)
         self._diag_timer = self.create_timer(node_cfg.diagnostics_period, self._publish_diagnostics)
 
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"ready: {self.pipeline.describe()}; subscribed to "
-            f"{self._image_sub.topic_name} ({node_cfg.image_transport}, "
-            f"{'reliable' if node_cfg.reliable_qos else 'best effort'}); database "
-            f"{self.pipeline.keyframe_count} keyframes"
-            + (f" from {node_cfg.database_path}" if self.pipeline.keyframe_count else "")
-        )
+        # runtime changes (RUNTIME_PARAMETERS; the others are read-only): checked, then applied
+        self.add_pre_set_parameters_callback(lambda params: integers_as_doubles(SaladConfig, params))
+        self.add_on_set_parameters_callback(self._check_parameter_change)
+        self.add_post_set_parameters_callback(self._apply_parameter_change)
+
+    def _subscribe(self, msg_type: type, topic: str, callback: Any, qos: QoSProfile, **kwargs: Any) -> Any:
+        with self._qos_overrides_checked("subscription", topic):
+            return self.create_subscription(msg_type, topic, callback, qos, qos_overriding_options=QOS_OVERRIDES,
+                                            **kwargs)
+
+    def _advertise(self, msg_type: type, topic: str, qos: QoSProfile) -> Any:
+        with self._qos_overrides_checked("publisher", topic):
+            return self.create_publisher(msg_type, topic, qos, qos_overriding_options=QOS_OVERRIDES)
+
+    @contextlib.contextmanager
+    def _qos_overrides_checked(self, entity: str, topic: str) -> Any:
+        """rclpy's errors about a qos_overrides.* value as a StartupError naming the parameter."""
+        try:
+            yield
+        except _rclpy.UnsupportedEventTypeError:
+            raise
+        except (RuntimeError, ParameterException, InvalidQosOverridesError, TypeError, ValueError) as exc:
+            prefix = f"qos_overrides.{self.resolve_topic_name(topic)}.{entity}."
+            policy = re.search(r"policy `(\w+)`", str(exc))
+            name = prefix + (policy.group(1) if policy else "*")
+            raise StartupError(f"parameter '{name}': {one_line(exc)}") from exc
+
+    def _warn_unused_qos_overrides(self) -> None:
+        unused = sorted(n for n in self._parameter_overrides if n.startswith("qos_overrides.") and not self.has_parameter(n))
+        if unused:
+            mine = sorted({n.rsplit(".", 1)[0] + ".*" for n in self._parameters if n.startswith("qos_overrides.")})
+            self.get_logger().warning(f"ignoring {', '.join(unused)}: no such topic and entity here (this node's "
+                                      f"QoS parameters: {', '.join(mine)})")
 
     # -- start-up ---------------------------------------------------------------------------
 
     def _declare_parameters(self) -> SaladConfig:
         """Declare every config parameter (see :mod:`salad_ros.ros_params`) and build the config."""
         try:
-            return declare_config(self, SaladConfig)
+            cfg = declare_config(self, SaladConfig, RUNTIME_PARAMETERS)
         except ConfigError as exc:
             raise StartupError(one_line(exc)) from exc
+        problem = _database_path_problem(cfg.node.database_path)
+        if problem and cfg.node.save_on_shutdown:
+            raise StartupError(f"parameter 'database_path': {problem}, so save_on_shutdown would fail")
+        if problem:
+            self.get_logger().warning(f"database_path {problem}: the map is used read-only, ~/save_database will fail")
+        return cfg
 
     def _build_pipeline(self, encoder: Encoder | None) -> None:
         from .pipeline import LoopClosurePipeline  # after the config is valid: imports torch
@@ -195,6 +302,27 @@ class LoopClosureNode(Node):
                          "*" * 72):
                 self.get_logger().warning(line)
 
+    # -- runtime parameter changes (executor thread) ----------------------------------------
+
+    def _check_parameter_change(self, params: list[Parameter]) -> SetParametersResult:
+        if not any(p.name in RUNTIME_PARAMETERS for p in params):
+            return SetParametersResult(successful=True)  # not ours (e.g. qos_overrides.* being declared)
+        try:
+            changed_config(self.cfg, params)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=one_line(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameter_change(self, params: list[Parameter]) -> None:
+        mine = [p for p in params if p.name in RUNTIME_PARAMETERS]
+        if not mine:
+            return
+        new = changed_config(self.cfg, mine)  # checked by _check_parameter_change
+        with self._pipeline_lock:  # between frames: a frame sees the old or the new thresholds
+            self.pipeline.update_detector_config(new.detector)
+            self.cfg = dataclasses.replace(self.cfg, node=new.node, detector=new.detector)
+        self.get_logger().info("changed " + ", ".join(f"{p.name} = {p.value!r}" for p in mine))
+
     # -- input (executor thread) -------------------------------------------------------------
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -202,9 +330,12 @@ class LoopClosureNode(Node):
         with self._stats_lock:
             self.stats.received += 1
         try:
-            rgb = msg_to_rgb(msg)
+            rgb = msg_to_rgb(msg, self.cfg.node.max_image_pixels)
         except ImageDecodeError as exc:
             self._count_bad(exc.kind, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - the decoders raise ImageDecodeError only; never end the executor
+            self._count_bad("undecodable", f"{type(exc).__name__}: {one_line(exc)}")
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if stamp_ns == 0:  # unstamped driver: time-based exclusion needs some time
@@ -212,6 +343,10 @@ class LoopClosureNode(Node):
         if self._slot.put(_Frame(rgb, msg.header, stamp_ns, time.monotonic())):
             with self._stats_lock:
                 self.stats.dropped += 1
+
+    def _on_message_lost(self, info: Any) -> None:
+        with self._stats_lock:
+            self.stats.lost_in_transport += int(info.total_count_change)
 
     def _count_bad(self, kind: str, message: str) -> None:
         now = time.monotonic()
@@ -338,12 +473,12 @@ class LoopClosureNode(Node):
         try:
             with self._pipeline_lock:
                 n = self.pipeline.keyframe_count
-                self.pipeline.save(path)
+                report = self.pipeline.save(path)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
             response.success, response.message = False, f"saving to {path} failed: {one_line(exc)}"
             self.get_logger().error(response.message)
             return response
-        response.success, response.message = True, f"saved {n} keyframes to {path}"
+        response.success, response.message = True, _save_summary(report, n, path)
         self.get_logger().info(response.message)
         return response
 
@@ -353,7 +488,12 @@ class LoopClosureNode(Node):
             self.pipeline.reset()
             self._db_size = self.pipeline.keyframe_count
             self._db_memory = self.pipeline.memory_bytes()
-        response.success, response.message = True, f"forgot {n} keyframes (the saved database is untouched)"
+        path = self.cfg.node.database_path
+        when = "the next save" + (" (~/save_database or on shutdown)" if self.cfg.node.save_on_shutdown else "")
+        response.success = True
+        response.message = (f"forgot {n} keyframes; the saved map in {path} is untouched until {when}, which keeps "
+                             "it as a backup beside the new one" if path else f"forgot {n} keyframes (nothing saved: "
+                             "no database_path)")
         self.get_logger().info(response.message)
         return response
 
@@ -362,15 +502,17 @@ class LoopClosureNode(Node):
         now = time.monotonic()
         with self._stats_lock:
             s = self.stats.snapshot()
-        t_prev, received_prev, processed_prev = self._last_diag
+        t_prev, received_prev, processed_prev, lost_prev = self._last_diag
         dt = max(now - t_prev, 1e-6)
-        self._last_diag = (now, s["received"], s["processed"])
+        self._last_diag = (now, s["received"], s["processed"], s["lost_in_transport"])
+        received, lost = s["received"] - received_prev, s["lost_in_transport"] - lost_prev
         lat = np.asarray(s["latencies"], dtype=np.float64) * 1000.0
         pipeline = self.pipeline
         values = {
-            "input_rate_hz": f"{(s['received'] - received_prev) / dt:.2f}",
+            "input_rate_hz": f"{received / dt:.2f}",
             "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
             "frames_received": s["received"],
+            "frames_lost_in_transport": s["lost_in_transport"] if self._lost_reported else "not reported by this RMW",
             "frames_processed": s["processed"],
             "frames_dropped": s["dropped"],
             "bad_frames": sum(s["bad"].values()),
@@ -390,16 +532,24 @@ class LoopClosureNode(Node):
             "precision": self.cfg.model.precision,
             "random_weights": str(self.random_weights).lower(),
         }
+        warnings = []
+        if lost > 0 and lost > _LOST_WARN_SHARE * (lost + received):
+            warnings.append(f"{lost} of {lost + received} images lost in transport before reaching the node "
+                            f"({100 * lost / (lost + received):.0f} %): large best-effort images over UDP; set "
+                            "reliable_qos (if the camera publishes reliable), enlarge the socket receive buffers or use "
+                            "compressed images (README, 'Troubleshooting: lost frames')")
+        elif received == 0:
+            warnings.append("no images received")
+        if self.random_weights:
+            warnings.append("random weights: candidates are meaningless")
         level, message = DiagnosticStatus.OK, f"{values['processed_rate_hz']} Hz processed, {self._db_size} keyframes"
         if not self._worker.is_alive() and not self._closed:
             level, message = DiagnosticStatus.ERROR, "worker thread stopped"
-        elif self.random_weights:
-            level, message = DiagnosticStatus.WARN, "random weights: candidates are meaningless; " + message
-        elif s["received"] == received_prev:
-            level, message = DiagnosticStatus.WARN, "no images received"
+        elif warnings:
+            level, message = DiagnosticStatus.WARN, "; ".join(warnings + [message])
         return DiagnosticStatus(
-            level=level, name=f"{self.get_fully_qualified_name()}: loop closure", message=message,
-            hardware_id=pipeline.device, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            level=level, name=self._diag_name, message=message, hardware_id=self._hardware_id,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
         )
 
     def _publish_diagnostics(self) -> None:
@@ -414,7 +564,7 @@ class LoopClosureNode(Node):
 
         Safe to call more than once and after the context was shut down.
         """
-        if self._closed:
+        if self._closed or not hasattr(self, "_worker"):  # closed, or start-up failed before the worker
             return
         self._closed = True
         self._slot.close()
@@ -427,8 +577,9 @@ class LoopClosureNode(Node):
                 return
             try:
                 n = self.pipeline.keyframe_count
-                path = self.pipeline.save()
-                self._log("info", f"saved {n} keyframes to {path}")
+                self._log("info", f"saving {n} keyframes to {self.cfg.node.database_path} ...")
+                report = self.pipeline.save()
+                self._log("info", _save_summary(report, n, self.cfg.node.database_path))
             except Exception as exc:  # noqa: BLE001 - report and still exit
                 self._log("error", f"saving the database failed: {one_line(exc)}")
             finally:
@@ -454,16 +605,46 @@ class LoopClosureNode(Node):
 class _ShutdownRequest:
     """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop (so shutdown runs
     with ROS still up: final logs reach /rosout, the database is saved); before the node exists
-    or on a second signal it interrupts right away."""
+    it interrupts right away (there is nothing to save yet).
+
+    Once shutdown has begun, further signals (a second Ctrl-C, launch's SIGTERM after SIGINT)
+    never interrupt it: an interrupted save loses the session's keyframes. They only print that
+    the node is finishing; SIGKILL still ends it at once.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.armed = False
+        self.busy_message = b""
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if not self.armed or self.event.is_set():
+        if not self.armed:
             raise KeyboardInterrupt
+        if self.event.is_set():
+            # os.write, not print: a handler may run while the main thread is inside a print
+            os.write(2, self.busy_message)
+            return
         self.event.set()
+
+
+def _rcl_message(exc: BaseException) -> str:
+    """rcl's error as one line, without the C source locations it appends (", at file.c:123")."""
+    return re.sub(r",? at [^\s,]+:\d+", "", one_line(exc)).strip()
+
+
+def _init_ros(args: list[str]) -> None:
+    """``rclpy.init`` with rcl's refusals of the command line (a missing or invalid params file, a
+    malformed ``-p``) as one :class:`StartupError` line instead of rcl's log line and a traceback."""
+    # rcl logs "Failed to parse global arguments" itself before raising: keep it quiet meanwhile
+    before = rclpy.logging.get_logger_effective_level("rcl")
+    rclpy.logging.set_logger_level("rcl", rclpy.logging.LoggingSeverity.FATAL)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except _rclpy.RCLError as exc:
+        raise StartupError(_rcl_message(exc)) from exc
+    finally:
+        if rclpy.logging.get_logger_level("rcl") == rclpy.logging.LoggingSeverity.FATAL:  # not set by --log-level
+            rclpy.logging.set_logger_level("rcl", before)
 
 
 def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
@@ -478,7 +659,14 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     if fast_exit is None:
         fast_exit = argv is None
     args = list(sys.argv if argv is None else argv)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        _init_ros(args)
+    except StartupError as exc:
+        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
+        if fast_exit:
+            sys.stderr.flush()
+            os._exit(2)
+        return 2
     stop = _ShutdownRequest()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     node: LoopClosureNode | None = None
@@ -486,6 +674,9 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
     code = 0
     try:
         node = LoopClosureNode()
+        saving = f" (saving the database to {node.cfg.node.database_path})" if node.cfg.node.save_on_shutdown else ""
+        stop.busy_message = (f"[WARN] [{node.get_name()}]: signal received while shutting down{saving}: "
+                             "please wait (SIGKILL aborts)\n").encode()
         stop.armed = True
         executor = SingleThreadedExecutor()
         executor.add_node(node)
@@ -493,6 +684,9 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
             executor.spin_once(timeout_sec=0.1)  # short timeout: signals are handled between spins
     except StartupError as exc:
         rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
+        code = 2
+    except _rclpy.RCLError as exc:  # e.g. a remapping rcl refuses when it creates the node
+        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(_rcl_message(exc))
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -503,12 +697,13 @@ def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int
             executor.shutdown(timeout_sec=1.0)
         rclpy.try_shutdown()
         rclpy.get_default_context().destroy()  # free the DDS participant before a fast exit
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if fast_exit:
+        # our handler stays: a signal between here and the exit must not turn exit 0 into -15
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     return code
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import platform
+import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +53,12 @@ class LatestFrameSlot:
 
 @dataclass
 class NodeStats:
-    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``."""
+    """Counters behind /diagnostics. ``received = processed + dropped + bad + failed + pending``;
+    ``lost_in_transport`` frames never reached the node (the middleware reported them lost: the
+    subscription's message_lost event), so they are not in ``received``."""
 
     received: int = 0
+    lost_in_transport: int = 0
     processed: int = 0
     dropped: int = 0
     failed: int = 0
@@ -77,3 +83,38 @@ def rss_bytes() -> int:
         return 0
 
 
+
+
+def hardware_id(device: str) -> str:
+    """The /diagnostics hardware id: the inference device and what it is, e.g.
+    ``cpu: AMD Ryzen 9 7950X`` or ``cuda:0: NVIDIA GeForce RTX 3090`` (``device`` as the
+    backend reports it; unchanged when its model can't be found)."""
+    if device == "cpu":
+        return f"cpu: {_cpu_model()}"
+    cuda = re.match(r"cuda:(\d+)", device)
+    torch = sys.modules.get("torch")  # only when a backend loaded it: never import it for this
+    if cuda and torch is not None:
+        try:
+            if torch.cuda.is_available():
+                return f"cuda:{cuda.group(1)}: {torch.cuda.get_device_name(int(cuda.group(1)))}"
+        except Exception:  # noqa: BLE001 - a name is nice to have, never a reason to fail
+            pass
+    return device
+
+
+def _cpu_model() -> str:
+    """CPU model from /proc/cpuinfo (x86 'model name'; on ARM boards the device-tree model, e.g. a
+    Jetson's), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    try:
+        with open("/proc/device-tree/model") as f:
+            return f.read().strip("\0\n ") or platform.machine()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"

@@ -8,6 +8,7 @@ methods (:meth:`~LoopClosurePipeline.process`, :meth:`~LoopClosurePipeline.keyfr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import numpy as np
 from .backends import Encoder, create_encoder, is_random_model_name
 from .config import SaladConfig
 from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
-from .detector import FrameResult, LoopDetector
+from .detector import DetectorConfig, FrameResult, LoopDetector
 from .verification import ThumbnailStore
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,24 @@ class LoopClosurePipeline:
         else:
             thumbs.unlink(missing_ok=True)  # an older file would describe another state of the map
         return Path(target)
+
+    def update_detector_config(self, config: DetectorConfig) -> None:
+        """Apply new detector thresholds from the next frame on, keeping the detector's state (last
+        keyframe, consistency chains, thumbnails); a later :meth:`reset` keeps them too. What
+        shapes the detector's stores (``verify``, ``verify_feature``, ``verify_max_features``,
+        ``thumbnail_*``) can't change here: ValueError."""
+        fixed = ("verify", "verify_feature", "verify_max_features", "thumbnail_max_side", "thumbnail_max_count",
+                 "thumbnail_max_mb")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.cfg.detector, name)]
+        if changed:
+            raise ValueError(f"detector.{changed[0]} can't change on a running pipeline")
+        config.validate()
+        self.cfg = dataclasses.replace(self.cfg, detector=config)
+        self.detector.config = config  # the detector reads its thresholds at every frame
+        verifier = self.detector._verifier  # noqa: SLF001 - its thresholds are plain attributes, read per pair
+        if verifier is not None:
+            verifier.ratio, verifier.ransac_px = config.verify_ratio, config.verify_ransac_px
+            verifier.min_inliers, verifier.min_inlier_ratio = config.verify_min_inliers, config.verify_min_inlier_ratio
 
     def reset(self) -> None:
         """Forget every keyframe and the detector's history (the saved file is not touched)."""

@@ -3,6 +3,7 @@ the node's outputs, a background executor. Run as a script it is the image publi
 the multi-process test:
 
     python test/_ros_helpers.py publish --topic /cam/image --node /salad_loop_closure --scenes 0,1,2,0
+    python test/_ros_helpers.py stream --topic /cam/image --count 30 --rate 10   # 640x480, best effort
 
 Every process that imports this module gets localhost-only discovery before rclpy is imported.
 """
@@ -152,10 +153,13 @@ class Collector(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(self.target + ":"):
+            # diagnostic_updater's convention: '<node>: <task>' without the leading slash
+            if status.name.startswith(self.target.lstrip("/") + ":"):
                 with self._lock:
                     level = status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
-                    self.diagnostics.append({kv.key: kv.value for kv in status.values} | {"_level": level})
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values}
+                                            | {"_level": level, "_message": status.message, "_name": status.name,
+                                               "_hardware_id": status.hardware_id})
 
     def _on_debug(self, msg: Image) -> None:
         with self._lock:
@@ -218,6 +222,46 @@ def publish_sequence(collector: Collector, scenes: Iterable[int], *, t0_ns: int 
     return stamps
 
 
+def _streamer_main(argv: list[str]) -> int:
+    """The camera-like process: ``--count`` frames of ``--size`` rgb8 (or JPEG with ``--compressed``)
+    at ``--rate`` Hz with sensor-data QoS (best effort, depth 5; ``--reliable``), without waiting
+    for answers; prints how many it sent."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="_ros_helpers.py stream")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--count", type=int, default=30)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT")
+    p.add_argument("--compressed", action="store_true", help="JPEG CompressedImage on <topic>/compressed")
+    p.add_argument("--reliable", action="store_true")
+    args = p.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    rclpy.init()
+    node = Node("salad_test_streamer")
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT)
+    if args.compressed:
+        pub = node.create_publisher(CompressedImage, args.topic + "/compressed", qos)
+    else:
+        pub = node.create_publisher(Image, args.topic, qos)
+    try:
+        if not wait_until(lambda: pub.get_subscription_count() > 0, 30.0):
+            print("no subscriber", file=sys.stderr)
+            return 1
+        time.sleep(0.5)  # discovery is asymmetric: let the subscriber match us too
+        frames = [np.ascontiguousarray(np.resize(scene(i), (height, width, 3))) for i in range(3)]
+        t0 = time.monotonic()
+        for k in range(args.count):
+            make = compressed_msg if args.compressed else image_msg
+            pub.publish(make(frames[k % 3], 100 * SEC + k * SEC // 10))
+            time.sleep(max(0.0, t0 + (k + 1) / args.rate - time.monotonic()))
+        print(args.count, flush=True)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 def _publisher_main(argv: list[str]) -> int:
     """The publisher process: feed scenes to a node running elsewhere, print the stamps."""
     import argparse
@@ -247,4 +291,6 @@ def _publisher_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         sys.exit(_publisher_main(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} publish --topic T --scenes 0,1,2")
+    if len(sys.argv) > 1 and sys.argv[1] == "stream":
+        sys.exit(_streamer_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} publish --topic T --scenes 0,1,2 | stream --topic T [--count N --rate HZ]")

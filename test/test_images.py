@@ -9,12 +9,14 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from _bombs import jpeg_claiming, png_bomb, png_claiming, small_jpeg, small_png
 from sensor_msgs.msg import CompressedImage, Image
 
 from salad_ros.io.images import (
     ERROR_KINDS,
     ImageDecodeError,
     compressed_to_rgb,
+    encoded_image_size,
     msg_to_rgb,
     raw_to_rgb,
     rgb_to_jpeg,
@@ -145,7 +147,7 @@ def test_every_error_kind():
     assert _kind(compressed_to_rgb, "jpeg", b"") == "empty"
     assert _kind(compressed_to_rgb, "jpeg", b"\xff\xd8 this is not a jpeg" * 10) == "undecodable"
     assert _kind(compressed_to_rgb, "png", bytes(range(256))) == "undecodable"
-    kinds = {"unsupported_encoding", "wrong_size", "empty", "undecodable"}
+    kinds = {"unsupported_encoding", "wrong_size", "empty", "undecodable", "too_large"}
     assert set(ERROR_KINDS) == kinds
 
 
@@ -176,3 +178,73 @@ def test_compressed_equals_cv_bridge(fmt):
     msg = CompressedImage(format=fmt, data=buf.tobytes())
     theirs = cv_bridge.CvBridge().compressed_imgmsg_to_cv2(msg, desired_encoding="rgb8")
     np.testing.assert_array_equal(msg_to_rgb(msg), theirs)
+
+
+# ---- image size from the header, and the pixel limit ---------------------------------------------
+
+def _encoded(ext: str, height: int, width: int, *params: int) -> bytes:
+    img = RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(ext, img, list(params))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("ext, params, fmt", [
+    (".png", (), "png"),
+    (".jpg", (), "jpeg"),
+    (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), "jpeg"),  # SOF2 after DHT segments
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80), "webp"),  # lossy: VP8
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101), "webp"),  # lossless: VP8L
+])
+def test_image_size_read_from_the_header(ext, params, fmt):
+    assert encoded_image_size(_encoded(ext, 37, 53, *params)) == (fmt, 53, 37)
+    assert encoded_image_size(_encoded(ext, 1, 1, *params)) == (fmt, 1, 1)
+
+
+def test_image_size_of_forged_headers_and_of_garbage():
+    assert encoded_image_size(png_claiming(100000, 100000)) == ("png", 100000, 100000)
+    assert encoded_image_size(jpeg_claiming(60000, 50000)) == ("jpeg", 60000, 50000)
+    assert encoded_image_size(png_bomb(20000, 20000)) == ("png", 20000, 20000)
+    for junk in (b"", b"\x89PNG", small_png()[:20], b"\xff\xd8", b"\xff\xd8\xff\xd9", small_jpeg()[:10],
+                 b"RIFF\0\0\0\0WEBP", bytes(range(256)), b"\xff\xd8 this is not a jpeg" * 10):
+        assert encoded_image_size(junk) is None, junk[:20]
+
+
+def test_compressed_images_above_the_limit_refused_before_decoding(monkeypatch):
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    limit = 25_000_000
+    for data in (png_claiming(100000, 100000), png_bomb(20000, 20000), jpeg_claiming(60000, 50000),
+                 png_claiming(5001, 5000)):
+        with pytest.raises(ImageDecodeError, match=r"\d+x\d+.*max_image_pixels") as info:
+            compressed_to_rgb("png", data, max_pixels=limit)
+        assert info.value.kind == "too_large"
+    assert decoded == [], "refused from the header alone"
+    ok = compressed_to_rgb("png", small_png(6, 9), max_pixels=54)  # exactly at the limit: fine
+    assert ok.shape == (6, 9, 3) and decoded == [1]
+    # with a limit, a format whose size can't be read first is not decoded at all
+    bmp = _encoded(".bmp", 4, 4)
+    with pytest.raises(ImageDecodeError) as info:
+        compressed_to_rgb("bmp", bmp, max_pixels=limit)
+    assert info.value.kind == "undecodable" and "size" in str(info.value)
+    assert compressed_to_rgb("bmp", bmp).shape == (4, 4, 3)  # without a limit OpenCV decodes it
+
+
+def test_no_decoder_exception_escapes(monkeypatch):
+    # OpenCV's own pixel limit raises cv2.error instead of returning None: one more bad frame
+    with pytest.raises(ImageDecodeError) as info:
+        compressed_to_rgb("png", png_claiming(100000, 100000))
+    assert info.value.kind == "undecodable" and "\n" not in str(info.value)
+    for exc in (MemoryError(), cv2.error("boom"), ValueError("odd"), RuntimeError("odd")):
+        monkeypatch.setattr(cv2, "imdecode", lambda *a, exc=exc: (_ for _ in ()).throw(exc))
+        with pytest.raises(ImageDecodeError) as info:
+            compressed_to_rgb("jpeg", small_jpeg())
+        assert info.value.kind == "undecodable"
+
+
+def test_raw_images_above_the_limit_refused_before_touching_data():
+    assert _kind(raw_to_rgb, "rgb8", 30000, 30000, 90000, b"", 0, 25_000_000) == "too_large"
+    assert _kind(msg_to_rgb, Image(encoding="mono8", height=5001, width=5000, step=5000), 25_000_000) == "too_large"
+    assert raw_to_rgb("rgb8", H, W, W * 3, RGB.tobytes(), 0, H * W).shape == (H, W, 3)
+    assert _kind(raw_to_rgb, "rgb8", H, W, W * 3, RGB.tobytes(), 0, H * W - 1) == "too_large"

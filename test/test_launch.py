@@ -77,7 +77,8 @@ def test_arguments_and_defaults(stub_launch):
     (params,) = node["parameters"]
     # the shipped file's values, handed over as a dict (namespace-proof), weights untouched
     assert params == {**load_params_yaml(ROOT / "config" / "salad_ros.yaml"), "use_sim_time": False}
-    assert dict(node["remappings"]) == {"image": "image", "image/compressed": "image/compressed"}
+    assert dict(node["remappings"]) == {"image": "image"}  # compressed: the node reads <image>/compressed
+    assert float(node["sigkill_timeout"]) >= 30  # the save on shutdown is not cut short
 
 
 def test_arguments_reach_the_node(stub_launch, tmp_path):
@@ -89,7 +90,7 @@ def test_arguments_reach_the_node(stub_launch, tmp_path):
     assert node["namespace"] == "robot1"
     assert node["parameters"] == [{"image_size": 224, "detector.min_score": 0.6,
                                    "weights": "/w/dino_salad.ckpt", "use_sim_time": True}]
-    assert dict(node["remappings"]) == {"image": "/cam/image_raw", "image/compressed": "/cam/image_raw/compressed"}
+    assert dict(node["remappings"]) == {"image": "/cam/image_raw"}
 
 
 def test_generate_launch_description_with_launch_ros():

@@ -8,11 +8,15 @@ nowhere else.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from _bombs import jpeg_claiming, png_bomb, png_claiming
 from _ros_helpers import (
     SEC,
     TEST_DETECTOR,
@@ -27,9 +31,11 @@ from _ros_helpers import (
 )
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
+from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_srvs.srv import Trigger
 
@@ -38,10 +44,12 @@ from salad_ros.database import KeyframeDatabase
 from salad_ros.io.messages import ns_to_sec_nanosec
 from salad_ros.io.table import CANDIDATE_COLUMNS, FLOAT32, KEYFRAME_COLUMNS, cloud_to_table, make_rows, pack, unpack
 from salad_ros.node import LoopClosureNode, StartupError
-from salad_ros.node_state import rss_bytes
+from salad_ros.node_state import hardware_id, rss_bytes
 from salad_ros.params import iter_specs
+from salad_ros.ros_params import RUNTIME_PARAMETERS
 
 T0 = 100 * SEC
+HERE = Path(__file__).resolve().parent
 
 
 
@@ -54,9 +62,9 @@ def encoder():
     return create_encoder(ModelConfig(**TEST_MODEL))
 
 
-def make_node(ctx: Context, namespace: str, encoder=None, **params) -> LoopClosureNode:
+def make_node(ctx: Context, namespace: str, encoder=None, cli_args: list[str] | None = None, **params) -> LoopClosureNode:
     values = {**TEST_MODEL, **TEST_DETECTOR, "reliable_qos": True, "diagnostics_period": 0.25, **params}
-    return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder,
+    return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder, cli_args=cli_args,
                            parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
 
 
@@ -69,6 +77,19 @@ def call(node, client, timeout: float = 10.0) -> Trigger.Response:
 
 def by_query(collector: Collector) -> dict[int, np.ndarray]:
     return {q: rows for q, rows in collector.candidate_rows()}
+
+
+def feed(c: Collector, node: LoopClosureNode, msg, timeout: float = 10.0) -> None:
+    """Publish one image and wait until the node's callback took it (the image subscription keeps
+    only the newest message: depth 1)."""
+    n = node.stats.received
+    c.pub.publish(msg)
+    assert wait_until(lambda: node.stats.received == n + 1, timeout)
+
+
+def bad_counters(c: Collector) -> dict[str, str] | None:
+    d = c.last_diagnostics()
+    return None if d is None else {k: v for k, v in d.items() if k.startswith(("bad_frames", "frames_"))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +147,32 @@ def test_invalid_parameters_refused_with_one_line(ctx, params, message):
     assert text.startswith(message) and "\n" not in text
 
 
+def test_unusable_database_path_refused_at_start_up(ctx, encoder, tmp_path, monkeypatch):
+    """A database_path that is a file, or can't be created, or (with save_on_shutdown) can't be
+    written, was only noticed at the first save: after a whole session."""
+    a_file = tmp_path / "map.txt"
+    a_file.write_text("not a map")
+    cases = [({"database_path": str(a_file)}, f"parameter 'database_path': {a_file} is a file, not a database directory"),
+             ({"database_path": str(a_file / "map")},
+              f"parameter 'database_path': {a_file / 'map'} can't be created: {a_file} is not a directory")]
+    for params, message in cases:
+        with pytest.raises(StartupError) as info:
+            make_node(ctx, "/dbpath", encoder, **params)
+        assert str(info.value) == message
+    # no write permission (simulated: the tests may run as root, which has every permission)
+    import salad_ros.node
+
+    monkeypatch.setattr(salad_ros.node.os, "access", lambda path, mode: False)
+    target = tmp_path / "new" / "map"
+    with pytest.raises(StartupError) as info:
+        make_node(ctx, "/dbpath", encoder, database_path=str(target), save_on_shutdown=True)
+    assert str(info.value) == (f"parameter 'database_path': {target} is not writable ({tmp_path} does not allow "
+                               "creating it), so save_on_shutdown would fail")
+    # without save_on_shutdown a read-only map is fine (loaded, used, never saved): a warning only
+    node = make_node(ctx, "/dbpath", encoder, database_path=str(target))
+    node.destroy_node()
+
+
 def test_parameters_declared_with_descriptors(ctx, encoder):
     # an integer for a float parameter is accepted, as in the YAML loader
     node = make_node(ctx, "/params", encoder, **{"detector.min_score": 1})
@@ -139,7 +186,8 @@ def test_parameters_declared_with_descriptors(ctx, encoder):
         for spec in iter_specs(SaladConfig):
             d = node.describe_parameter(spec.name)
             assert d.type == types[spec.type], spec.name
-            assert d.read_only and spec.description in d.description
+            assert d.read_only == (spec.name not in RUNTIME_PARAMETERS), spec.name
+            assert spec.description in d.description
             if spec.choices:
                 assert all(c in d.description for c in spec.choices)
             if spec.range and spec.type is float:
@@ -156,6 +204,83 @@ def test_parameters_declared_with_descriptors(ctx, encoder):
 
 # ---------------------------------------------------------------------------------------------
 # The main behaviour
+
+
+def test_detector_thresholds_change_at_runtime(ctx, encoder):
+    """Thresholds and keyframe rules can be set while the node runs (SetParameters service, as
+    'ros2 param set' does), checked like start-up values; model, database and topics can't."""
+    node = make_node(ctx, "/rt", encoder)
+    col = Collector("/rt/salad_loop_closure", context=ctx, image_topic="/rt/image")
+    client = col.create_client(SetParameters, "/rt/salad_loop_closure/set_parameters")
+
+    def set_params(**values) -> list:
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        future = client.call_async(request)
+        assert wait_until(future.done, 10), "no answer from set_parameters"
+        return future.result().results
+
+    try:
+        with Spinner(ctx, node, col):
+            assert col.wait_for_node() and client.wait_for_service(timeout_sec=10)
+            publish_sequence(col, [0, 1, 2, 0], t0_ns=T0, period=0.0, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 1, 5)  # the revisit of scene 0
+            # a valid change applies from the next frame on: every older keyframe is now "too recent"
+            (r,) = set_params(**{"detector.exclude_recent_keyframes": 100})
+            assert r.successful, r.reason
+            assert node.get_parameter("detector.exclude_recent_keyframes").value == 100
+            assert node.cfg.detector.exclude_recent_keyframes == 100
+            publish_sequence(col, [2, 1], t0_ns=T0 + 10 * SEC, processed=lambda: node.stats.processed)
+            # an integer for a float parameter is taken, as in the params file; several at once
+            results = set_params(**{"detector.min_score": 0, "detector.top_k": 4, "pose_tolerance": 0.2})
+            assert all(r.successful for r in results), [r.reason for r in results]
+            assert node.cfg.detector.min_score == 0.0 and node.get_parameter("detector.min_score").value == 0.0
+            assert node.cfg.detector.top_k == 4 and node.cfg.node.pose_tolerance == 0.2
+            results = set_params(**{"detector.min_score": 0.997, "detector.exclude_recent_keyframes": 2})
+            assert all(r.successful for r in results), [r.reason for r in results]
+            # refused: out of range, cross-field rule, read-only, wrong type; nothing changes
+            assert set_params(**{"detector.consistency_count": 3})[0].successful  # with consistency_id_window 5
+            refusals = [({"detector.min_score": 1.5}, "out of range"),
+                        ({"detector.consistency_id_window": 0},
+                         "parameter 'detector.consistency_id_window': must be >= 1 when detector.consistency_count > 1"),
+                        ({"image_size": 448}, "read-only"), ({"weights": "/other.ckpt"}, "read-only"),
+                        ({"database_path": "/tmp/x"}, "read-only"), ({"image_transport": "compressed"}, "read-only"),
+                        ({"detector.verify": True}, "read-only"), ({"detector.top_k": "many"}, "type")]
+            for values, reason in refusals:
+                (r,) = set_params(**values)
+                assert not r.successful and reason in r.reason, (values, r.reason)
+            assert node.cfg.detector.consistency_id_window == 5 and node.cfg.detector.min_score == 0.997
+            assert set_params(**{"detector.consistency_count": 1})[0].successful
+            # the revisits of scenes 2 and 1 found nothing while exclude_recent_keyframes was 100; now they do
+            assert len(col.candidate_rows()) == 1
+            stamps = publish_sequence(col, [2, 1], t0_ns=T0 + 20 * SEC, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 3, 5)
+            assert [q for q, _ in col.candidate_rows()[1:]] == stamps
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_pipeline_takes_new_detector_thresholds_and_keeps_its_state(encoder):
+    """What the node calls for a runtime change (ROS-free): thresholds reach the detector and the
+    verifier, the map and the detector's history stay, a later reset keeps the new values."""
+    import dataclasses
+
+    from salad_ros.backends import ModelConfig
+    from salad_ros.detector import DetectorConfig
+    from salad_ros.pipeline import LoopClosurePipeline
+
+    cfg = SaladConfig(model=ModelConfig(**TEST_MODEL), detector=DetectorConfig(verify=True))
+    pipeline = LoopClosurePipeline(cfg, encoder=encoder)
+    pipeline.process(scene(0), T0)
+    new = dataclasses.replace(cfg.detector, min_score=0.9, verify_min_inliers=40, verify_ratio=0.7)
+    pipeline.update_detector_config(new)
+    assert pipeline.keyframe_count == 1 and pipeline.process(scene(0), T0 + SEC).reason.startswith("not novel")
+    verifier = pipeline.detector._verifier
+    assert (verifier.min_inliers, verifier.ratio) == (40, 0.7) and pipeline.detector.config.min_score == 0.9
+    pipeline.reset()
+    assert pipeline.detector.config.min_score == 0.9 and pipeline.detector._verifier.min_inliers == 40
+    with pytest.raises(ValueError, match="detector.verify can't change"):
+        pipeline.update_detector_config(dataclasses.replace(new, verify=False))
 
 
 def test_candidates_exactly_on_revisits(ctx):
@@ -199,6 +324,8 @@ def test_candidates_exactly_on_revisits(ctx):
             assert diag["device"] == "cpu" and diag["backend"] == "torch" and diag["random_weights"] == "true"
             assert float(diag["inference_latency_p95_ms"]) >= float(diag["inference_latency_mean_ms"]) * 0.5 > 0
             assert diag["_level"] == 1  # WARN: random weights
+            assert diag["_name"] == "seq/salad_loop_closure: loop closure"
+            assert diag["_hardware_id"] == hardware_id("cpu") and diag["_hardware_id"].startswith("cpu: ")
     finally:
         node.destroy_node()
         col.destroy_node()
@@ -220,6 +347,18 @@ def test_save_reset_and_second_session(ctx, encoder, tmp_path):
             res = call(col, reset)
             assert res.success and node.pipeline.keyframe_count == 0
             assert len(KeyframeDatabase.load(db)) == 3  # reset leaves the saved map alone
+            # ... and says so, and what the next save will do with it
+            assert res.message.startswith(f"forgot 3 keyframes; the saved map in {db} is untouched until the next save")
+            assert "backup" in res.message
+            # a save report (pipeline.save's result when it has a summary()) is the reply as it is
+            real_save = node.pipeline.save
+            report = type("Report", (), {"summary": lambda self: "saved 0 keyframes to X; previous map kept as X.bak"})
+            node.pipeline.save = lambda path=None: report()
+            try:
+                res = call(col, save)
+            finally:
+                node.pipeline.save = real_save
+            assert res.success and res.message == "saved 0 keyframes to X; previous map kept as X.bak"
     finally:
         node.destroy_node()
     # second session: the saved map is loaded, a revisit of scene 0 matches keyframe 0 of session 1
@@ -258,12 +397,6 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
                 Image(encoding="rgb8", height=0, width=0, step=0),  # empty
             ]
 
-            def feed(c: Collector, node: LoopClosureNode, msg) -> None:
-                # one at a time: the image subscription keeps only the newest message (depth 1)
-                n = node.stats.received
-                c.pub.publish(msg)
-                assert wait_until(lambda: node.stats.received == n + 1, 10)
-
             for msg in bad_raw + [good]:
                 feed(col, raw, msg)
             bad_comp = [CompressedImage(format="jpeg"),  # empty
@@ -273,18 +406,14 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
                 feed(colc, comp, msg)
             assert wait_until(lambda: raw.stats.processed == 1 and comp.stats.processed == 1, 20)
 
-            def counters(c: Collector) -> dict[str, str] | None:
-                d = c.last_diagnostics()
-                return None if d is None else {k: v for k, v in d.items() if k.startswith(("bad_frames", "frames_"))}
-
             want_raw = {"bad_frames": "6", "bad_frames.unsupported_encoding": "2", "bad_frames.wrong_size": "3",
-                        "bad_frames.empty": "1", "bad_frames.undecodable": "0",
-                        "frames_received": "7", "frames_processed": "1", "frames_dropped": "0"}
+                        "bad_frames.empty": "1", "bad_frames.undecodable": "0", "bad_frames.too_large": "0",
+                        "frames_received": "7", "frames_lost_in_transport": "0", "frames_processed": "1", "frames_dropped": "0"}
             want_comp = {"bad_frames": "3", "bad_frames.unsupported_encoding": "0", "bad_frames.wrong_size": "0",
-                         "bad_frames.empty": "1", "bad_frames.undecodable": "2",
-                         "frames_received": "4", "frames_processed": "1", "frames_dropped": "0"}
-            assert wait_until(lambda: counters(col) == want_raw and counters(colc) == want_comp, 5), \
-                (counters(col), counters(colc))
+                         "bad_frames.empty": "1", "bad_frames.undecodable": "2", "bad_frames.too_large": "0",
+                         "frames_received": "4", "frames_lost_in_transport": "0", "frames_processed": "1", "frames_dropped": "0"}
+            assert wait_until(lambda: bad_counters(col) == want_raw and bad_counters(colc) == want_comp, 5), \
+                (bad_counters(col), bad_counters(colc))
             assert raw._worker.is_alive() and comp._worker.is_alive()
             assert col.last_diagnostics()["processing_errors"] == "0"
             # still working after the bad frames: a revisit gives a candidate
@@ -294,6 +423,57 @@ def test_bad_input_counted_skipped_and_node_keeps_running(ctx, encoder, monkeypa
             assert heatmaps == [], "no ~/debug_image subscriber: no heat map computed"
     finally:
         for n in (raw, comp, col, colc):
+            n.destroy_node()
+
+
+def test_image_bombs_refused_memory_bounded_and_node_keeps_running(ctx, encoder):
+    """A PNG claiming 100000x100000 px made cv2.imdecode raise, which ended the executor; a real
+    20000x20000 PNG (390 kB) was decoded into 1.2 GB and more. Both, a JPEG claiming 60000x50000
+    and a raw Image claiming 30000x30000 are refused from their headers (``too_large``), memory
+    stays flat and the node keeps working."""
+    comp = make_node(ctx, "/bomb", encoder, image_transport="compressed")
+    raw = make_node(ctx, "/bombr", encoder)
+    colc = Collector("/bomb/salad_loop_closure", context=ctx, image_topic="/bomb/image", compressed=True)
+    col = Collector("/bombr/salad_loop_closure", context=ctx, image_topic="/bombr/image")
+    bomb = png_bomb(20000, 20000)
+    try:
+        with Spinner(ctx, comp, raw, colc, col):
+            assert colc.wait_for_node() and col.wait_for_node()
+            feed(colc, comp, compressed_msg(scene(3), T0))  # warm-up: the first inference allocates
+            assert wait_until(lambda: comp.stats.processed == 1, 20)
+            base = rss_bytes()
+            peak = [base]
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.is_set():
+                    peak[0] = max(peak[0], rss_bytes())
+                    time.sleep(0.005)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            feed(colc, comp, CompressedImage(format="png", data=png_claiming(100000, 100000)))
+            feed(colc, comp, CompressedImage(format="png", data=bomb))
+            feed(colc, comp, CompressedImage(format="jpeg", data=jpeg_claiming(60000, 50000)))
+            feed(col, raw, Image(encoding="rgb8", height=30000, width=30000, step=90000))
+            handled = time.monotonic() - t0
+            sampling.set()
+            sampler.join()
+            growth = peak[0] - base
+            print(f"bombs: handled in {handled:.2f} s, rss {base / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB")
+            assert growth < 100e6, f"memory grew by {growth / 1e6:.0f} MB"
+            want = {"bad_frames": "3", "bad_frames.too_large": "3", "frames_received": "4", "frames_processed": "1"}
+            want_raw = {"bad_frames": "1", "bad_frames.too_large": "1", "frames_received": "1", "frames_processed": "0"}
+            assert wait_until(lambda: all(bad_counters(colc).get(k) == v for k, v in want.items())
+                              and all(bad_counters(col).get(k) == v for k, v in want_raw.items()), 5), \
+                (bad_counters(colc), bad_counters(col))
+            # still working: both nodes take a good frame
+            feed(colc, comp, compressed_msg(scene(4), T0 + SEC))
+            feed(col, raw, image_msg(scene(4), T0 + SEC))
+            assert wait_until(lambda: comp.stats.processed == 2 and raw.stats.processed == 1, 20)
+    finally:
+        for n in (comp, raw, colc, col):
             n.destroy_node()
 
 
@@ -347,6 +527,134 @@ def test_burst_is_bounded_counted_and_node_keeps_answering(ctx, encoder):
     finally:
         node.destroy_node()
         col.destroy_node()
+
+
+def test_frames_lost_in_transport_counted_and_warned(ctx, encoder):
+    """640x480 rgb8 from another process over best-effort UDP loopback mostly never arrive (5 of 30
+    in ENVIRONMENT-NOTES): /diagnostics used to show nothing of it. The subscription's
+    message_lost event counts them; a large share is a WARN naming the remedies."""
+    node = make_node(ctx, "/lossy", encoder, reliable_qos=False, diagnostics_period=0.5)
+    col = Collector("/lossy/salad_loop_closure", context=ctx, image_topic="/lossy/unused")
+    streamer = None
+    try:
+        with Spinner(ctx, node, col):
+            assert wait_until(lambda: col.count_publishers("/diagnostics") > 0, 10)
+            streamer = subprocess.Popen(
+                [sys.executable, str(HERE / "_ros_helpers.py"), "stream", "--topic", "/lossy/image",
+                 "--count", "30", "--rate", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            out, err = streamer.communicate(timeout=60)
+            assert streamer.returncode == 0, err[-2000:]
+            s = node.stats
+            assert wait_until(lambda: s.lost_in_transport + s.received >= 25, 5), (s.received, s.lost_in_transport)
+            print(f"transport: sent 30, received {s.received}, lost in transport {s.lost_in_transport}")
+            assert s.lost_in_transport > 0 and s.received + s.lost_in_transport <= 30
+            assert wait_until(lambda: (col.last_diagnostics() or {}).get("frames_lost_in_transport")
+                              == str(s.lost_in_transport), 5)
+            warned = [d for d in col.diagnostics if "lost in transport" in d["_message"]]
+            assert warned and all(d["_level"] == 1 for d in warned), [d["_message"] for d in col.diagnostics]
+            assert "reliable_qos" in warned[0]["_message"] and "README" in warned[0]["_message"]
+    finally:
+        if streamer is not None and streamer.poll() is None:
+            streamer.kill()
+            streamer.communicate()
+        node.destroy_node()
+        col.destroy_node()
+
+
+def test_qos_overrides_honoured(ctx, encoder):
+    """qos_overrides.<topic>.subscription|publisher.<policy> (the ROS 2 convention) were accepted and
+    ignored; now they set the QoS of the image and pose subscriptions and of the outputs."""
+    node = make_node(ctx, "/qos", encoder, reliable_qos=False, pose_source="odometry", **{
+        "qos_overrides./qos/image.subscription.reliability": "reliable",
+        "qos_overrides./qos/image.subscription.depth": 3,
+        "qos_overrides./qos/odom.subscription.depth": 7,
+        "qos_overrides./qos/salad_loop_closure/loop_candidates.publisher.depth": 11,
+        "qos_overrides./qos/salad_loop_closure/keyframes.publisher.durability": "volatile",
+    })
+    col = Node("salad_test_qos", context=ctx)
+    try:
+        image = node._image_sub.qos_profile
+        assert (image.reliability, image.depth) == (ReliabilityPolicy.RELIABLE, 3)
+        assert node._pose_sub.qos_profile.depth == 7
+        assert node._candidates_pub.qos_profile.depth == 11
+        assert node._keyframes_pub.qos_profile.durability == DurabilityPolicy.VOLATILE
+        assert node.get_parameter("qos_overrides./qos/image.subscription.reliability").value == "reliable"
+        # a reliable subscription does not match a best-effort publisher, a reliable one it does
+        best_effort = col.create_publisher(Image, "/qos/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        reliable = col.create_publisher(Image, "/qos/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        with Spinner(ctx, node, col):
+            assert wait_until(lambda: reliable.get_subscription_count() == 1, 10)
+            time.sleep(0.5)
+            assert best_effort.get_subscription_count() == 0
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+    with pytest.raises(StartupError) as info:
+        make_node(ctx, "/qos", encoder, **{"qos_overrides./qos/image.subscription.reliability": "sometimes"})
+    assert str(info.value).startswith("parameter 'qos_overrides./qos/image.subscription.reliability': ")
+
+
+def test_compressed_transport_follows_the_image_remapping(ctx, encoder):
+    """image_transport's convention: remapping the base topic moves '<base>/compressed' with it."""
+    node = make_node(ctx, "/remap", encoder, ["--ros-args", "-r", "image:=/cam"], image_transport="compressed")
+    try:
+        assert node._image_sub.topic_name == "/cam/compressed"
+    finally:
+        node.destroy_node()
+    # remapping the full name still works, and wins
+    node = make_node(ctx, "/remap", encoder, ["--ros-args", "-r", "image/compressed:=/other/jpeg"],
+                     image_transport="compressed")
+    try:
+        assert node._image_sub.topic_name == "/other/jpeg"
+    finally:
+        node.destroy_node()
+
+
+def test_late_subscribers_get_recent_keyframes_and_candidates(ctx, encoder):
+    """~/keyframes and ~/loop_candidates are transient local (depth 100): a back end that starts
+    after the node still gets what was published before it joined."""
+    node = make_node(ctx, "/late", encoder)
+    col = Collector("/late/salad_loop_closure", context=ctx, image_topic="/late/image")
+    late = Node("salad_test_late", context=ctx)
+    got: dict[str, list] = {"keyframes": [], "loop_candidates": []}
+    try:
+        with Spinner(ctx, node, col) as spinner:
+            assert col.wait_for_node()
+            stamps = publish_sequence(col, [0, 1, 2, 0], t0_ns=T0, period=0.0, processed=lambda: node.stats.processed)
+            assert wait_until(lambda: len(col.candidate_rows()) == 1, 5)
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            for topic, rows in got.items():
+                late.create_subscription(PointCloud2, f"/late/salad_loop_closure/{topic}",
+                                         lambda msg, rows=rows: rows.append(cloud_to_table(msg)), qos)
+            spinner.add(late)
+            assert wait_until(lambda: len(got["keyframes"]) == 4 and len(got["loop_candidates"]) == 1, 10), \
+                {k: len(v) for k, v in got.items()}
+            assert [int(r["keyframe_id"][0]) for r in got["keyframes"]] == [0, 1, 2, 3]
+            assert got["loop_candidates"][0]["match_id"].tolist() == [0] and len(stamps) == 4
+    finally:
+        node.destroy_node()
+        col.destroy_node()
+        late.destroy_node()
+
+
+def test_rmw_without_the_message_lost_event(ctx, encoder, monkeypatch):
+    """Not every RMW reports lost messages: the node still starts, and says it can't count them."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    real = LoopClosureNode.create_subscription
+
+    def no_lost_event(self, *args, event_callbacks=None, **kwargs):
+        if event_callbacks is not None and event_callbacks.message_lost is not None:
+            raise rclpy_implementation.UnsupportedEventTypeError("message lost event not supported")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoopClosureNode, "create_subscription", no_lost_event)
+    node = make_node(ctx, "/nolost", encoder)
+    try:
+        values = {kv.key: kv.value for kv in node.diagnostics_status().values}
+        assert values["frames_lost_in_transport"] == "not reported by this RMW"
+    finally:
+        node.destroy_node()
 
 
 def test_odometry_gives_keyframe_poses(ctx, encoder):

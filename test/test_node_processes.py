@@ -132,6 +132,8 @@ def test_ctrl_c_exits_cleanly_with_the_shipped_config(ctx):
         with Spinner(ctx, col):
             assert wait_until(col.last_diagnostics, 60), "node never published diagnostics"
             assert col.last_diagnostics()["_level"] == 1  # WARN: random weights, no images
+            # diagnostic_updater's form in the root namespace: '<node name>: <task>', no slash
+            assert col.last_diagnostics()["_name"] == f"{DEFAULT_NODE_NAME}: loop closure"
         code, seconds, output = stop(node, signal.SIGINT)
         assert code == 0 and seconds < 5.0, output[-3000:]
         assert "Traceback" not in output and "RANDOM WEIGHTS" in output
@@ -146,15 +148,71 @@ INVALID = [
     (["-p", "allow_random_weights:=true", "-p", "image_size:=100"], "parameter 'image_size': 100 is not a multiple of 14"),
     (["-p", "weights:=/nonexistent/salad.ckpt"], "parameter 'weights': file not found: /nonexistent/salad.ckpt"),
     ([], "parameter 'weights' is empty"),
+    # rcl refuses these before any node exists (rclpy.init raised RCLError: a traceback, exit 1)
+    (["--params-file", "/nonexistent/params.yaml"], "Couldn't parse params file: '--params-file /nonexistent/params.yaml'"),
+    (["--params-file", "{bad_yaml}"], "Couldn't parse params file: '--params-file {bad_yaml}'"),
+    (["-p", "image_size:=["], "Couldn't parse parameter override rule: '-p image_size:=['"),
 ]  # every kind of refusal is covered in-process by test_node.py; these check the process's exit
 
 
-def test_invalid_parameters_refused_with_one_line():
-    """Exit code 2 and one FATAL line naming the parameter, no traceback; the checks run before
-    the model is built. The processes run side by side (each mostly waits for imports)."""
-    procs = [(start_node(*args), message) for args, message in INVALID]
+def test_invalid_parameters_refused_with_one_line(tmp_path):
+    """Exit code 2 and one FATAL line naming the parameter or the file, no traceback; the checks
+    run before the model is built. The processes run side by side (each mostly waits for imports)."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text(f"{DEFAULT_NODE_NAME}:\n  ros__parameters:\n    image_size: [224\n")
+    procs = [(start_node(*(a.format(bad_yaml=bad_yaml) for a in args)), message.format(bad_yaml=bad_yaml))
+             for args, message in INVALID]
     for proc, message in procs:
         out, err = proc.communicate(timeout=60)
         lines = [line for line in (out + err).splitlines() if line.strip()]
         assert proc.returncode == 2, (message, lines)
         assert len(lines) == 1 and message in lines[0] and "FATAL" in lines[0], lines
+
+
+def test_further_signals_do_not_interrupt_the_shutdown_save(ctx, tmp_path):
+    """A second SIGTERM (or a Ctrl-C) while the node saves its map on shutdown used to raise
+    KeyboardInterrupt inside the save: exit -2 and the session lost. Here the map is 20000
+    keyframes (~340 MB, the save takes most of a second) and signals keep coming every 50 ms
+    after the first: the save completes and the node exits 0."""
+    import numpy as np
+
+    from salad_ros.backends import ModelConfig, create_encoder
+    from salad_ros.database import DatabaseConfig
+
+    encoder = create_encoder(ModelConfig(**TEST_MODEL))  # for its descriptor identity
+    db = tmp_path / "map"
+    block = np.random.default_rng(0).standard_normal((1000, encoder.dim)).astype(np.float32)
+    block /= np.linalg.norm(block, axis=1, keepdims=True)
+    big = KeyframeDatabase.from_config(encoder.dim, DatabaseConfig(), encoder.model_name)
+    for k in range(20):
+        big.add(block, np.arange(k * 1000, (k + 1) * 1000) * SEC)
+    big.save(db)
+    del big, encoder
+    params = write_params(tmp_path / "params.yaml", database_path=str(db), save_on_shutdown=True,
+                          diagnostics_period=0.2)
+    node = start_node("--params-file", str(params), "-r", "__ns:=/salad_sig")
+    col = Collector(f"/salad_sig/{DEFAULT_NODE_NAME}", context=ctx, image_topic="/salad_sig/unused")
+    try:
+        with Spinner(ctx, col):
+            assert wait_until(col.last_diagnostics, 90), "node never published diagnostics"
+            assert col.last_diagnostics()["database_size"] == "20000"
+        node.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        sent = 1
+        while node.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            node.send_signal(signal.SIGINT if sent % 3 == 0 else signal.SIGTERM)
+            sent += 1
+        code, _, output = stop(node, signal.SIGTERM) if node.poll() is None else (node.returncode, 0.0, "".join(node.communicate()))
+        assert code == 0, output[-3000:]
+        assert sent > 3, "the signals came while the node was shutting down"
+        assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+        saving, saved = output.find("saving 20000 keyframes"), output.find("saved 20000 keyframes")
+        assert 0 <= saving < saved, output[-3000:]
+        assert "please wait" in output[saving:saved], "signals arrived during the save"
+        assert len(KeyframeDatabase.load(db)) == 20000
+    finally:
+        col.destroy_node()
+        if node.poll() is None:
+            node.kill()
+            node.communicate()

@@ -10,7 +10,7 @@ from _scenes import scene
 
 from salad_ros import debug_image
 from salad_ros.io.images import ERROR_KINDS
-from salad_ros.node_state import LATENCY_WINDOW, LatestFrameSlot, NodeStats, rss_bytes
+from salad_ros.node_state import LATENCY_WINDOW, LatestFrameSlot, NodeStats, hardware_id, rss_bytes
 
 
 def test_slot_keeps_only_the_newest_frame_and_reports_replacements():
@@ -106,3 +106,10 @@ def test_debug_view_layout():
     assert blank.shape[0] == 82 and blank.shape[1] == 80 * 3
 
 
+
+
+def test_hardware_id_names_the_device_and_its_model():
+    cpu = hardware_id("cpu")
+    assert cpu.startswith("cpu: ") and len(cpu) > len("cpu: ") and "\n" not in cpu
+    # no torch CUDA here: the device string is kept as it is
+    assert hardware_id("cuda:3 (CUDAExecutionProvider)").startswith("cuda:3")
