@@ -165,6 +165,23 @@ class LoopDetector:
         self.stats: dict[str, int] = {}
         self.reset()
 
+    #: Settings that shape the detector's stores: fixed for the detector's lifetime.
+    FIXED_SETTINGS = ("verify", "verify_feature", "verify_max_features", "thumbnail_max_side", "thumbnail_max_count",
+                      "thumbnail_max_mb")
+
+    def update_config(self, config: DetectorConfig) -> None:
+        """Use new thresholds from the next frame on, keeping all state (last keyframe, chains,
+        thumbnails). A change of a :data:`FIXED_SETTINGS` entry is a ValueError."""
+        changed = [name for name in self.FIXED_SETTINGS if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            raise ValueError(f"detector.{changed[0]} can't change on a running pipeline")
+        config.validate()
+        self.config = config  # read at every frame
+        if self._verifier is not None:  # its thresholds are plain attributes, read per pair
+            v = self._verifier
+            v.ratio, v.ransac_px = config.verify_ratio, config.verify_ransac_px
+            v.min_inliers, v.min_inlier_ratio = config.verify_min_inliers, config.verify_min_inlier_ratio
+
     def reset(self) -> None:
         """Forget detector state: last keyframe, consistency chains, thumbnails, counters.
         The database is not touched (the caller clears it if wanted)."""

@@ -206,18 +206,8 @@ class LoopClosurePipeline:
         keyframe, consistency chains, thumbnails); a later :meth:`reset` keeps them too. What
         shapes the detector's stores (``verify``, ``verify_feature``, ``verify_max_features``,
         ``thumbnail_*``) can't change here: ValueError."""
-        fixed = ("verify", "verify_feature", "verify_max_features", "thumbnail_max_side", "thumbnail_max_count",
-                 "thumbnail_max_mb")
-        changed = [name for name in fixed if getattr(config, name) != getattr(self.cfg.detector, name)]
-        if changed:
-            raise ValueError(f"detector.{changed[0]} can't change on a running pipeline")
-        config.validate()
+        self.detector.update_config(config)
         self.cfg = dataclasses.replace(self.cfg, detector=config)
-        self.detector.config = config  # the detector reads its thresholds at every frame
-        verifier = self.detector._verifier  # noqa: SLF001 - its thresholds are plain attributes, read per pair
-        if verifier is not None:
-            verifier.ratio, verifier.ransac_px = config.verify_ratio, config.verify_ransac_px
-            verifier.min_inliers, verifier.min_inlier_ratio = config.verify_min_inliers, config.verify_min_inlier_ratio
 
     def reset(self) -> None:
         """Forget every keyframe and the detector's history (the saved file is not touched)."""
