@@ -260,3 +260,13 @@ def test_settings_check_camera_to_base():
         PoseSettings(camera_to_base="0 0 0 0 0 0 1", base_frame="")
     with pytest.raises(ConfigError, match="pose_estimation"):
         load_config(overrides={**OVERRIDES, "pose_estimation": "magic"})
+
+
+def test_ransac_iterations_are_bounded_by_the_support_a_pose_needs():
+    from salad_ros.relative_pose import PoseConfig, ransac_iterations
+
+    cfg = PoseConfig()  # min_inliers 20, confidence 0.999, at most 1000
+    assert ransac_iterations(cfg, 20, 5) == 50  # every match must be an inlier: a few draws decide
+    assert ransac_iterations(cfg, 26, 5) == math.ceil(math.log(0.001) / math.log(1 - (20 / 26) ** 5))  # 22
+    assert ransac_iterations(cfg, 40, 4) < ransac_iterations(cfg, 40, 5) < 1000
+    assert ransac_iterations(cfg, 500, 5) == 1000  # many matches: the cap
