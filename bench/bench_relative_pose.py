@@ -68,9 +68,9 @@ def _ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1e3:6.1f} / {np.percentile(samples, 90) * 1e3:6.1f}"
 
 
-def run(pairs: list, mode: str, repeat: int, features: int) -> dict[str, object]:
+def run(pairs: list, mode: str, repeat: int, features: int, max_side: int = 320) -> dict[str, object]:
     """Timings and accuracy of one mode (``pnp`` or ``essential``) over the pairs."""
-    ex, cam = PoseFeatureExtractor(max_features=features), CameraModel(K)
+    ex, cam = PoseFeatureExtractor(max_features=features, max_side=max_side), CameraModel(K)
     extract, solve, total, cpu, rot_err, t_err, ok, wrong = [], [], [], [], [], [], 0, 0
     want = 2 if mode == "pnp" else 1
     for iq, im, dm, r, t in pairs:
@@ -107,18 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per pair (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="OpenCV threads (default 2)")
     ap.add_argument("--features", type=int, default=1000, help="ORB features per image (default 1000, as verification)")
+    ap.add_argument("--max-side", type=int, default=320,
+                    help="longer side of the detection image (default 320; the pipeline's pose_features_max_side is 640)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(args.threads)
     print(f"# rendering {args.pairs} view pairs (seed {args.seed}) ...", flush=True)
     pairs = make_pairs(args.pairs, args.seed)
-    print(f"# OpenCV {cv2.__version__}, {args.threads} threads, {args.features} features, "
+    print(f"# OpenCV {cv2.__version__}, {args.threads} threads, {args.features} features at {args.max_side} px, "
           f"load average {os.getloadavg()[0]:.2f}")
     print("| mode | extract ms (median / p90) | solve ms | total ms | total CPU ms | success | wrong "
           "| median rot deg | median trans m / dir deg |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     worst = 0.0
     for mode in ("pnp", "essential"):
-        res = run(pairs, mode, args.repeat, args.features)
+        res = run(pairs, mode, args.repeat, args.features, args.max_side)
         worst = max(worst, statistics.median(res["total"]) * 1e3)
         print(f"| {mode} | {_ms(res['extract'])} | {_ms(res['solve'])} | {_ms(res['total'])} | {_ms(res['cpu'])} "
               f"| {res['ok']}/{res['n']} | {res['wrong']} | {res['rot']:.2f} | {res['trans']:.3f} |")

@@ -20,6 +20,7 @@ from typing import Any
 from .backends import ModelConfig
 from .database import DatabaseConfig
 from .detector import DetectorConfig
+from .loop_pose import PoseSettings
 from .params import DEFAULT_NODE_NAME, ConfigError, check_fields, from_flat_dict, inline, load_params_yaml, nested, param
 
 __all__ = ["DEFAULT_NODE_NAME", "ConfigError", "NodeConfig", "SaladConfig", "load_config", "load_params_yaml"]
@@ -65,6 +66,7 @@ class SaladConfig:
 
     model: ModelConfig = inline(ModelConfig)
     node: NodeConfig = inline(NodeConfig)
+    pose: PoseSettings = inline(PoseSettings)  # relative pose of loop candidates (salad_ros.loop_pose)
     database: DatabaseConfig = nested(DatabaseConfig)
     detector: DetectorConfig = nested(DetectorConfig)
 

@@ -19,6 +19,10 @@ Per frame, :meth:`LoopDetector.process` runs, in this order:
    of ORB-SLAM and Kimera. One lucky (aliased) match does not make a loop.
 5. **Geometric verification** (``verify``): ratio-tested local features + fundamental-matrix
    RANSAC between the frame's and the match's thumbnails, see :mod:`salad_ros.verification`.
+   With a ``geometry`` callback that gives the candidate a relative pose (the pipeline's, when
+   the camera intrinsics are known), the pose solver's inliers are the verification instead
+   (:meth:`LoopDetector._verify_by_pose`): an essential matrix or a PnP model is a stronger
+   test than a fundamental matrix.
 6. **Insert** the keyframe (and its thumbnail when verifying).
 
 Default values are chosen for DINOv2-SALAD (unit-norm, 8448-D) descriptors, where revisits of
@@ -30,7 +34,9 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +130,8 @@ class LoopCandidate:
     verified: bool | None = None  #: None = not verified (verification off or accepted without thumbnail)
     streak: int = 1  #: consecutive consistent query keyframes, this one included
     reason: str = ""  #: why it was rejected ("" when accepted)
+    #: :class:`salad_ros.relative_pose.RelativePose` of the query in the match's frame (None: not estimated)
+    relative_pose: Any = None
 
 
 @dataclass
@@ -200,8 +208,13 @@ class LoopDetector:
     # ----- main entry point
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
-                image: np.ndarray | None = None, frame_id: str = "") -> FrameResult:
-        """Run one frame through keyframe selection, loop search and insertion."""
+                image: np.ndarray | None = None, frame_id: str = "",
+                geometry: Callable[[LoopCandidate], Any] | None = None) -> FrameResult:
+        """Run one frame through keyframe selection, loop search and insertion.
+
+        ``geometry(candidate)`` is called for every candidate that passed the consistency check
+        and returns its :class:`~salad_ros.relative_pose.RelativePose`, or None when it has none
+        (no intrinsics, match features missing): see step 5 of the module docstring."""
         desc = self._normalise(descriptor)
         stamp_ns = int(stamp_ns)
         cfg = self.config
@@ -236,8 +249,8 @@ class LoopDetector:
             cand = LoopCandidate(kf_id, stamp_ns, m.id, m.stamp_ns, m.score, m.rank, streak=streaks[m.id])
             if cand.streak < cfg.consistency_count:
                 cand.reason = f"inconsistent ({cand.streak}/{cfg.consistency_count} consecutive)"
-            elif self._verifier is not None:
-                query_features = self._verify(cand, thumb, query_features)
+            else:
+                query_features = self._check_geometry(cand, thumb, query_features, geometry)
             (rejected if cand.reason else accepted).append(cand)
         self.stats["candidates"] += len(accepted)
         self.stats["rejected"] += len(rejected)
@@ -289,6 +302,36 @@ class LoopDetector:
             streaks[m.id] = prev + 1
         self._chains = list(streaks.items())
         return streaks
+
+    def _check_geometry(self, cand: LoopCandidate, thumb: np.ndarray | None, query_features: Features | None,
+                        geometry: Callable[[LoopCandidate], Any] | None) -> Features | None:
+        """The candidate's relative pose, then its verification: by the pose when there is one,
+        else by the fundamental matrix on thumbnails. Returns the (cached) query features."""
+        cand.relative_pose = geometry(cand) if geometry is not None else None
+        if self._verifier is None:
+            return query_features
+        if cand.relative_pose is not None:
+            self._verify_by_pose(cand, cand.relative_pose)
+            return query_features
+        return self._verify(cand, thumb, query_features)
+
+    def _verify_by_pose(self, cand: LoopCandidate, pose: Any) -> None:
+        """Verification by the pose solver's inliers (essential matrix or PnP).
+
+        A pose the solver stands by (status >= 1, past its degeneracy and uncertainty checks)
+        needs ``verify_min_inliers``; a status-0 result (a plane, a camera that only turned, a
+        pose too uncertain to publish) can still show the same place: it needs
+        ``verify_min_inliers`` and ``verify_min_inlier_ratio``, like the fundamental matrix.
+        """
+        cfg = self.config
+        cand.inliers = int(pose.inliers)
+        cand.inlier_ratio = float(pose.inlier_ratio)
+        ok = cand.inliers >= cfg.verify_min_inliers and (
+            pose.status > 0 or cand.inlier_ratio >= cfg.verify_min_inlier_ratio)
+        cand.verified = ok
+        if not ok:
+            cand.reason = (f"geometry: {cand.inliers} pose inliers of {pose.matches} matches "
+                           f"(pose status {pose.status}: {pose.reason})")
 
     def _verify(self, cand: LoopCandidate, thumb: np.ndarray | None, query_features: Features | None) -> Features | None:
         """Fill in the verification fields of ``cand``; returns the (cached) query features."""

@@ -10,7 +10,8 @@ Outputs (see README, "The loop-closure node"): ``~/loop_candidates`` and ``~/key
 PointCloud2 tables (:mod:`salad_ros.io.table`; reliable, transient local), ``~/debug_image``
 (computed only while someone subscribes) and ``/diagnostics``. Every topic takes the standard
 ``qos_overrides.*`` parameters; detector thresholds can change while the node runs
-(:data:`salad_ros.ros_params.RUNTIME_PARAMETERS`).
+(:data:`salad_ros.ros_params.RUNTIME_PARAMETERS`). The relative-pose side (``camera_info`` and
+``depth`` inputs paired by stamp, pose columns, ``~/loop_markers``) is :mod:`salad_ros.node_pose`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
-from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import InvalidQosOverridesError
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
@@ -59,9 +60,10 @@ from .io.table import (
     pack,
 )
 from .io.trajectory import Trajectory
+from .node_pose import NodePose
 from .node_state import LatestFrameSlot, NodeStats, hardware_id, rss_bytes
 from .params import DEFAULT_NODE_NAME, ConfigError, one_line
-from .ros_params import RUNTIME_PARAMETERS, changed_config, declare_config, integers_as_doubles
+from .ros_params import QOS_OVERRIDES, RUNTIME_PARAMETERS, changed_config, declare_config, integers_as_doubles
 
 # Seconds between repeated warnings of one bad-input kind.
 _BAD_INPUT_LOG_PERIOD = 10.0
@@ -85,9 +87,6 @@ POSE_DEPTH = 50
 # ~/keyframes and ~/loop_candidates: a back end must not miss one, and one that starts late still
 # gets the last TABLE_DEPTH messages of each (reliable, transient local).
 TABLE_DEPTH = 100
-# Policies settable per entity with qos_overrides.<topic>.<publisher|subscription>.<policy>.
-QOS_OVERRIDES = QoSOverridingOptions(
-    [QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY])
 
 
 class StartupError(RuntimeError):
@@ -134,6 +133,7 @@ class _Frame:
     header: Header
     stamp_ns: int
     received: float  # time.monotonic() at the callback
+    companions: dict | None = None  # matched camera_info / depth messages (salad_ros.node_pose)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +217,7 @@ class LoopClosureNode(Node):
         self._save_srv = self.create_service(Trigger, "~/save_database", self._on_save)
         self._reset_srv = self.create_service(Trigger, "~/reset_database", self._on_reset)
         self._diag_timer = self.create_timer(node_cfg.diagnostics_period, self._publish_diagnostics)
+        self._pose_io = NodePose(self, self.cfg, self._hand_over, self.pipeline.keyframe_poses)
 
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
@@ -340,7 +341,11 @@ class LoopClosureNode(Node):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if stamp_ns == 0:  # unstamped driver: time-based exclusion needs some time
             stamp_ns = self.get_clock().now().nanoseconds
-        if self._slot.put(_Frame(rgb, msg.header, stamp_ns, time.monotonic())):
+        self._pose_io.add_frame(_Frame(rgb, msg.header, stamp_ns, time.monotonic()))
+
+    def _hand_over(self, frame: _Frame) -> None:
+        """To the worker (latest wins: a frame it never took is counted as dropped)."""
+        if self._slot.put(frame):
             with self._stats_lock:
                 self.stats.dropped += 1
 
@@ -362,6 +367,7 @@ class LoopClosureNode(Node):
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
         with self._poses_lock:
             self._poses.append((stamp_to_ns(msg.header.stamp), pose_from_msg(msg)))
+        self._pose_io.set_odometry_frame(msg.header.frame_id)
 
     def _pose_at(self, stamp_ns: int) -> Any:
         """The pose nearest to ``stamp_ns`` within ``pose_tolerance``, else None."""
@@ -390,9 +396,11 @@ class LoopClosureNode(Node):
 
     def _process(self, frame: _Frame) -> None:
         pose = self._pose_at(frame.stamp_ns) if self.cfg.node.pose_source != "none" else None
+        camera, depth = self._pose_io.inputs_for(frame)
         with self._pipeline_lock:
             t0 = time.perf_counter()
-            result = self.pipeline.process(frame.rgb, frame.stamp_ns, pose=pose, frame_id=frame.header.frame_id)
+            result = self.pipeline.process(frame.rgb, frame.stamp_ns, pose=pose, frame_id=frame.header.frame_id,
+                                           camera=camera, depth=depth)
             latency = time.perf_counter() - t0
             self._db_size = self.pipeline.keyframe_count
         with self._stats_lock:
@@ -404,11 +412,13 @@ class LoopClosureNode(Node):
             self._publish_keyframe(frame, result.keyframe_id)
         if result.candidates:
             self._publish_candidates(frame, result.candidates)
+        self._pose_io.on_result(result)
         if self._debug_pub.get_subscription_count() > 0:
             self._publish_debug(frame, result)
         # memory_bytes may walk the index: refresh it off the latency-critical path
         with self._pipeline_lock:
             self._db_memory = self.pipeline.memory_bytes()
+            self._pose_io.refresh(self.pipeline)
 
     def _publish_keyframe(self, frame: _Frame, keyframe_id: int) -> None:
         sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
@@ -427,9 +437,11 @@ class LoopClosureNode(Node):
                 "score": float(c.score), "rank": int(c.rank), "inliers": int(c.inliers or 0),
                 # rejected candidates are not published: verified is True or None (not checked)
                 "verified": 1 if c.verified else 0,
+                **self._pose_io.columns(c),
             })
         rows = make_rows(CANDIDATE_COLUMNS, records)
-        self._candidates_pub.publish(self._table_msg(frame.header, CANDIDATE_COLUMNS, rows))
+        header = self._pose_io.candidate_header(frame.header)
+        self._candidates_pub.publish(self._table_msg(header, CANDIDATE_COLUMNS, rows))
         with self._stats_lock:
             self.stats.candidate_messages += 1
             self.stats.candidates += len(records)
@@ -488,6 +500,7 @@ class LoopClosureNode(Node):
             self.pipeline.reset()
             self._db_size = self.pipeline.keyframe_count
             self._db_memory = self.pipeline.memory_bytes()
+        self._pose_io.on_reset()
         path = self.cfg.node.database_path
         when = "the next save" + (" (~/save_database or on shutdown)" if self.cfg.node.save_on_shutdown else "")
         response.success = True
@@ -531,6 +544,7 @@ class LoopClosureNode(Node):
             "model": pipeline.model_name,
             "precision": self.cfg.model.precision,
             "random_weights": str(self.random_weights).lower(),
+            **self._pose_io.diagnostics(),
         }
         warnings = []
         if lost > 0 and lost > _LOST_WARN_SHARE * (lost + received):

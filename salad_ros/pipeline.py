@@ -21,6 +21,9 @@ from .backends import Encoder, create_encoder, is_random_model_name
 from .config import SaladConfig
 from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
 from .detector import DetectorConfig, FrameResult, LoopDetector
+from .geometry.camera import CameraModel
+from .loop_pose import LoopPoseEstimator
+from .relative_pose import RelativePose
 from .verification import ThumbnailStore
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ class LoopClosurePipeline:
             COLOR_THUMBNAIL_COUNT, COLOR_THUMBNAIL_COUNT * 3 * COLOR_THUMBNAIL_SIDE**2, COLOR_THUMBNAIL_SIDE,
             quality=85, color=True,
         ) if color_thumbnails else None
+        # relative poses of loop candidates (pose features of keyframes, saved beside the map)
+        self._poses = LoopPoseEstimator(cfg.pose, cfg.detector)
         path = cfg.node.database_path
         if database_exists(path):
             self.database = KeyframeDatabase.load(
@@ -78,6 +83,7 @@ class LoopClosurePipeline:
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
             self.detector = LoopDetector(cfg.detector, self.database)
             self._load_thumbnails(Path(path) / THUMBNAILS_FILE)
+            self._poses.load(path, self._stamps_by_id())
         else:
             self.reset()
 
@@ -98,10 +104,13 @@ class LoopClosurePipeline:
     # -- frames
 
     def process(
-        self, image: np.ndarray, stamp_ns: int, pose: Pose | None = None, frame_id: str = ""
+        self, image: np.ndarray, stamp_ns: int, pose: Pose | None = None, frame_id: str = "", *,
+        camera: CameraModel | None = None, depth: np.ndarray | None = None,
     ) -> FrameResult:
-        """Encode one RGB uint8 image and run the detector on it."""
-        return self.process_batch([image], [stamp_ns], [pose], [frame_id]).frames[0]
+        """Encode one RGB uint8 image and run the detector on it. With ``camera`` (the image's
+        intrinsics) and optionally ``depth`` (float metres aligned to the image, NaN/0 = none),
+        loop candidates get a relative pose (``LoopCandidate.relative_pose``)."""
+        return self.process_batch([image], [stamp_ns], [pose], [frame_id], cameras=[camera], depths=[depth]).frames[0]
 
     def process_batch(
         self,
@@ -109,6 +118,9 @@ class LoopClosurePipeline:
         stamps_ns: Sequence[int],
         poses: Sequence[Pose | None] | None = None,
         frame_ids: Sequence[str] | None = None,
+        *,
+        cameras: Sequence[CameraModel | None] | None = None,
+        depths: Sequence[np.ndarray | None] | None = None,
     ) -> BatchResult:
         """Encode a batch in one forward pass, then run the detector frame by frame in order.
 
@@ -121,11 +133,18 @@ class LoopClosurePipeline:
         encode_s = time.perf_counter() - t0
         poses = poses if poses is not None else [None] * len(images)
         frame_ids = frame_ids if frame_ids is not None else [""] * len(images)
+        cameras = cameras if cameras is not None else [None] * len(images)
+        depths = depths if depths is not None else [None] * len(images)
         frames: list[FrameResult] = []
         detect_s: list[float] = []
-        for d, s, p, img, f in zip(descriptors, stamps_ns, poses, images, frame_ids, strict=True):
+        for d, s, p, img, f, cam, dep in zip(descriptors, stamps_ns, poses, images, frame_ids, cameras, depths,
+                                             strict=True):
             t0 = time.perf_counter()
-            result = self.detector.process(d, int(s), pose=p, image=img, frame_id=f)
+            geo = self._poses.frame(img, cam, dep)
+            result = self.detector.process(d, int(s), pose=p, image=img, frame_id=f,
+                                           geometry=geo.estimate if geo.active else None)
+            if result.is_keyframe and result.keyframe_id is not None:
+                geo.store(result.keyframe_id)
             detect_s.append(time.perf_counter() - t0)
             if self._color_thumbs is not None and result.is_keyframe and result.keyframe_id is not None:
                 self._color_thumbs.put(result.keyframe_id, img)
@@ -199,6 +218,7 @@ class LoopClosurePipeline:
             write_bytes_atomic(thumbs, self.detector.thumbnails.to_bytes(self._stamps_by_id()))
         else:
             thumbs.unlink(missing_ok=True)  # an older file would describe another state of the map
+        self._poses.save(target, self._stamps_by_id())
         return Path(target)
 
     def update_detector_config(self, config: DetectorConfig) -> None:
@@ -215,3 +235,27 @@ class LoopClosurePipeline:
         self.detector = LoopDetector(self.cfg.detector, self.database)
         if self._color_thumbs is not None:
             self._color_thumbs.clear()
+        self._poses.clear()
+
+    # -- relative poses of loop candidates
+
+    @property
+    def camera_to_base(self) -> np.ndarray | None:
+        """The ``camera_to_base`` parameter as a 4x4 transform (base <- camera), None when unset:
+        candidate poses are then between camera optical frames."""
+        return self._poses.camera_to_base
+
+    def relative_pose(self, query_id: int, match_id: int, method: str | None = None) -> RelativePose | None:
+        """The relative pose of two keyframes from their stored pose features (as a candidate
+        between them would get; ``method`` overrides ``pose_estimation``), None when either has
+        none (no camera given, or evicted from the bounded store)."""
+        return self._poses.between(query_id, match_id, method)
+
+    def pose_stats(self) -> dict:
+        """Relative-pose counters and timings: estimates per status, bad input per kind,
+        mean ms per candidate and per keyframe's feature extraction, stored keyframes."""
+        return self._poses.stats()
+
+    def keyframe_poses(self) -> np.ndarray:
+        """Every keyframe's pose as float64[N, 7] (x y z qx qy qz qw), NaN rows without one."""
+        return self.database.poses()

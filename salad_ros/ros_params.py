@@ -14,8 +14,14 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSPolicyKind
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from .params import ConfigError, ParamSpec, check_value, from_flat_dict, iter_specs, one_line, to_flat_dict
+
+# Policies settable per entity with qos_overrides.<topic>.<publisher|subscription>.<policy>.
+QOS_OVERRIDES = QoSOverridingOptions(
+    [QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY, QoSPolicyKind.DURABILITY])
 
 # Parameters every rclpy node may receive that are not ours (not refused as unknown).
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")

@@ -17,8 +17,9 @@ out="${DEMO_OUT:-$root/demo_out}"
 bag="$out/demo_bag"
 mkdir -p "$out"
 
-# metadata.yaml is written last: without it the bag is an interrupted run, so make it again.
-if [ ! -f "$bag/metadata.yaml" ]; then
+# metadata.yaml is written last: without it the bag is an interrupted run, so make it again; a bag made by an
+# older version (no camera_info/depth topics) is made again too.
+if [ ! -f "$bag/metadata.yaml" ] || ! grep -q /camera/depth/image_raw "$bag/metadata.yaml"; then
   rm -rf "$bag"
   echo "[demo] rendering the demo bag (two laps around a city block, the second at dusk) into $bag"
   "$bin/salad_demo_bag" "$bag" --frames "${DEMO_FRAMES:-160}" --seed 0
@@ -47,5 +48,11 @@ MSG
   model=(--allow-random-weights --backbone dinov2_vits14 --image-size 224 --set detector.keyframe_max_similarity=1.0)
 fi
 
-"$bin/salad_replay" "$bag" --image-topic /camera/image_raw --gt-topic /odom "${model[@]}" --out "$results" "$@"
+# camera_info + aligned depth: loop candidates get relative poses, scored against the ground truth. The demo's
+# odometry is the camera's position with its heading (x forward, z up): camera_to_base turns the optical frame
+# into it, so poses are reported, and scored, between the keyframes' base frames.
+pose=(--camera-info-topic /camera/camera_info --depth-topic /camera/depth/image_raw
+      --set "camera_to_base=0 0 0 -0.5 0.5 -0.5 0.5")
+"$bin/salad_replay" "$bag" --image-topic /camera/image_raw --gt-topic /odom "${model[@]}" "${pose[@]}" \
+  --out "$results" "$@"
 echo "[demo] done in $(( $(date +%s) - start )) s"

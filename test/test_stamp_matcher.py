@@ -92,3 +92,15 @@ def test_arguments_are_checked() -> None:
         StampMatcher(("depth", "depth"))
     with pytest.raises(KeyError, match="unknown stream"):
         StampMatcher(("depth",)).add_companion("camera_info", 0, None)
+
+
+def test_flush_until_emits_only_the_frames_up_to_a_stamp() -> None:
+    m = StampMatcher(("camera_info", "depth"), max_wait_ns=10_000 * MS)
+    m.add_frame(100 * MS, "a")
+    m.add_frame(200 * MS, "b")
+    assert m.add_companion("depth", 200 * MS, "d200") == []  # both still wait for camera_info
+    out = m.flush_until(150 * MS)  # a waited long enough (by the caller's clock): out without companions
+    assert [(f.frame, f.get("depth")) for f in out] == [("a", None)] and m.pending == 1
+    out = m.flush_until(200 * MS)
+    assert [(f.frame, f.get("depth"), f.get("camera_info")) for f in out] == [("b", "d200", None)]
+    assert m.pending == 0 and m.counts["missing_camera_info"] == 2 and m.flush_until(10_000 * MS) == []

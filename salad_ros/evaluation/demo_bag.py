@@ -11,7 +11,9 @@ camera shifted sideways by up to 1.2 m, 10 cm higher and yawing by a few degrees
 places seen again under a different light and a small viewpoint change, which is what a loop
 detector must recognise. Ground truth is nav_msgs/Odometry at 20 Hz on ``/odom`` (the camera's
 position, heading as a z rotation), images are sensor_msgs/Image rgb8 on ``/camera/image_raw``
-(or CompressedImage JPEG on ``/camera/image_raw/compressed`` with ``--compressed``).
+(or CompressedImage JPEG on ``/camera/image_raw/compressed`` with ``--compressed``), with the
+camera's intrinsics on ``/camera/camera_info`` and its exact depth, aligned to the image, on
+``/camera/depth/image_raw`` (16UC1 mm by default; :mod:`.demo_camera`).
 
 Everything is seeded: the same arguments give byte-identical messages.
 """
@@ -32,6 +34,16 @@ import numpy as np
 from ..database import Pose
 from ..io.bags import BagWriter, compressed_image_msg, image_msg, odometry_msg
 from ..io.trajectory import write_tum
+from .demo_camera import (
+    CAMERA_INFO_TOPIC,
+    CAMERA_TO_BASE,
+    DEPTH_ENCODINGS,
+    DEPTH_TOPIC,
+    camera_info_msg,
+    camera_matrix,
+    depth_image_msg,
+    render_depth,
+)
 from .demo_facades import WALL_PX_PER_M, make_facade, smooth_noise
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -413,8 +425,14 @@ def generate(
     supersample: int = 2,
     start_ns: int = 1_700_000_000_000_000_000,
     progress: bool = False,
+    depth: str = "16UC1",
 ) -> dict[str, object]:
-    """Write the demo bag; returns a summary (topics, frame count, duration, lap frame counts)."""
+    """Write the demo bag; returns a summary (topics, frame count, duration, lap frame counts).
+
+    Every image comes with a CameraInfo and, unless ``depth`` is ``none``, a depth image of
+    that encoding, both stamped like the image."""
+    if depth not in DEPTH_ENCODINGS:
+        raise ValueError(f"depth must be one of {DEPTH_ENCODINGS}, got {depth!r}")
     out_dir = Path(out_dir)
     scene = Scene(seed, photos)
     drive = Drive(scene)
@@ -449,6 +467,9 @@ def generate(
             stamp = start_ns + int(round(t * 1e9))
             msg = compressed_image_msg(rgb, stamp, "camera") if compressed else image_msg(rgb, stamp, "camera")
             bag.write(image_topic, stamp, msg)
+            bag.write(CAMERA_INFO_TOPIC, stamp, camera_info_msg(camera_matrix(size), size, stamp))
+            if depth != "none":
+                bag.write(DEPTH_TOPIC, stamp, depth_image_msg(render_depth(scene, x, y, yaw, h, size), stamp, depth))
         for tk in odom_times[k:]:
             stamp = start_ns + int(round(tk * 1e9))
             pose = drive.pose(float(tk))
@@ -461,6 +482,9 @@ def generate(
         "bag": str(out_dir),
         "image_topic": image_topic,
         "odom_topic": ODOM_TOPIC,
+        "camera_info_topic": CAMERA_INFO_TOPIC,
+        "depth_topic": DEPTH_TOPIC if depth != "none" else None,
+        "camera_to_base": CAMERA_TO_BASE,
         "frames": frames,
         "frames_per_lap": laps,
         "duration_s": T,
@@ -487,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--photos", metavar="DIR", help="paste photographs from DIR (jpg/png) onto the facades as murals")
     parser.add_argument("--supersample", type=int, default=2, choices=(1, 2, 3),
                         help="render at N x the size and downsample (anti-aliasing; default 2)")
+    parser.add_argument("--depth", choices=DEPTH_ENCODINGS, default="16UC1",
+                        help=f"aligned depth on {DEPTH_TOPIC}: 16UC1 mm (default), 32FC1 m, or none")
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2")
@@ -499,12 +525,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     info = generate(args.out_dir, args.frames, args.seed, (args.width, args.height), args.storage, args.compressed,
-                    args.tum, photos, args.supersample, progress=sys.stderr.isatty())
+                    args.tum, photos, args.supersample, progress=sys.stderr.isatty(), depth=args.depth)
     print(
         f"wrote {info['bag']} ({info['storage']}): {info['frames']} images on {info['image_topic']} "
         f"({info['frames_per_lap'][0]} on lap 1 at noon, {info['frames_per_lap'][1]} on lap 2 at dusk), "
-        f"odometry on {info['odom_topic']}, {info['duration_s']:.0f} s, {2 * info['route_length_m']:.0f} m "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"odometry on {info['odom_topic']}, camera_info on {info['camera_info_topic']}"
+        + (f", depth on {info['depth_topic']}" if info["depth_topic"] else "")
+        + f", {info['duration_s']:.0f} s, {2 * info['route_length_m']:.0f} m in {time.perf_counter() - t0:.1f} s; "
+        f"camera_to_base '{info['camera_to_base']}'"
     )
     return 0
 

@@ -28,6 +28,8 @@ class Frame:
     rgb: np.ndarray
     frame_id: str
     decode_s: float
+    camera: Any = None  #: CameraModel from the frame's camera_info (None: none; see .companions)
+    depth: np.ndarray | None = None  #: aligned depth in metres (NaN = none)
 
 
 @dataclass

@@ -11,6 +11,10 @@ accepted loop candidates), ``keyframes.csv`` (each keyframe's pose and best matc
 plots ``pr_curve.png``, ``trajectory.png``, ``similarity.png``. Metric definitions:
 :mod:`salad_ros.evaluation.metrics`. No rclpy is imported.
 
+With ``--camera-info-topic`` (and ``--depth-topic``) loop candidates get relative poses as in
+the node, and ``report.json`` gains ``relative_pose`` (:mod:`.pose_eval`, plot
+``relative_pose.png``).
+
 This module is the command line and the order of the steps; the steps live in
 :mod:`.frames` (reading the bag), :mod:`.replay_loop` (driving the pipeline) and
 :mod:`.report` (scoring and writing the outputs).
@@ -33,7 +37,11 @@ from ..backends import ModelConfig, check_weights_file
 from ..config import SaladConfig
 from ..io.bags import IMAGE_TYPES, POSE_TYPES, BagError, BagReader
 from ..io.trajectory import Trajectory, TrajectoryError
+from ..loop_pose import PoseSettings
 from ..params import ConfigError
+from ..pose_inputs import PoseInputs
+from . import pose_eval
+from .companions import companion_summary, iter_frames_with_companions
 from .frames import Frame, ReadStats, iter_frames, load_ground_truth, prefetch
 from .replay_loop import FrameRecord, PoseLookup, ReplayRun, ReplaySettings, replay_frames, run_pipeline
 from .report import (
@@ -114,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-poses", choices=("auto", "on", "off"), default="auto",
                    help="give ground-truth poses to the detector as the node's odometry (auto: when the "
                    "parameter 'pose_source' is not none)")
+    p.add_argument("--camera-info-topic", help="sensor_msgs/CameraInfo topic: loop candidates get relative poses "
+                   "(parameter 'pose_estimation'), report.json a 'relative_pose' section")
+    p.add_argument("--depth-topic", help="depth sensor_msgs/Image aligned to the images (16UC1 mm or 32FC1 m): "
+                   "metric relative poses")
+    p.add_argument("--gt-camera-to-base", metavar="'X Y Z QX QY QZ QW'",
+                   help="camera optical frame in the ground truth's frame, to score relative poses in camera frames "
+                   "(not needed when the parameter 'camera_to_base' is set: poses are then scored in base frames)")
+    p.add_argument("--pose-pairs", type=int, default=200, metavar="N",
+                   help="ground-truth loop pairs whose relative pose is estimated and scored (evenly sampled; "
+                   "default 200)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -157,9 +175,34 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
     check_what_was_read(args, result, settings.tolerance_s)
     ev = evaluate_records(result.records, settings.cfg, gt is not None, args.radius, args.max_yaw,
                           settings.detector_poses)
+    if args.camera_info_topic:
+        ev.relative_pose, ev.pose_samples = score_relative_poses(args, settings, result, ev, gt)
     report, report_path = write_outputs(Path(args.out), args, settings, result, ev, gt)
     print_summary(report, report_path, ev, args.radius)
+    if args.camera_info_topic:
+        print(pose_eval.summary_line(ev.relative_pose))
     return 0
+
+
+def score_relative_poses(args: argparse.Namespace, settings: ReplaySettings, result: ReplayRun, ev: Evaluation,
+                         gt: Trajectory | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``relative_pose`` section (and the samples for its plot): see :mod:`.pose_eval`."""
+    section, samples = pose_eval.evaluate_relative_poses(
+        result.pipeline, result.records, ev, gt, gt_camera_to_base(args), max_pairs=args.pose_pairs,
+        tolerance_ns=int(round(settings.tolerance_s * 1e9)))
+    section = {"camera_info_topic": args.camera_info_topic, "depth_topic": args.depth_topic,
+               "input_problems": result.pose_inputs, **section}
+    return section, samples
+
+
+def gt_camera_to_base(args: argparse.Namespace) -> Any:
+    """``--gt-camera-to-base`` as a 4x4 transform (None when not given)."""
+    if not args.gt_camera_to_base:
+        return None
+    try:
+        return PoseSettings(camera_to_base=args.gt_camera_to_base).camera_to_base_matrix()
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("parameter 'camera_to_base'", "--gt-camera-to-base")) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +217,13 @@ def load_settings(args: argparse.Namespace) -> ReplaySettings:
         raise ConfigError("--every must be >= 1")
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError("--max-frames must be >= 1")
+    if args.pose_pairs < 0:
+        raise ConfigError("--pose-pairs must be >= 0")
+    if args.depth_topic and not args.camera_info_topic:
+        raise ConfigError("--depth-topic needs --camera-info-topic (depth alone gives no pose)")
+    if args.image_topic in (args.camera_info_topic, args.depth_topic):
+        raise ConfigError("--camera-info-topic and --depth-topic must differ from --image-topic")
+    gt_camera_to_base(args)  # refused before the replay, not after it
     params = Path(args.params) if args.params else default_params_file()
     if args.params and not params.is_file():
         raise ConfigError(f"--params: no such file {params}")
@@ -227,6 +277,10 @@ def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
         info = reader.require_topic(args.image_topic, IMAGE_TYPES, "image topic")
         if args.gt_topic:
             reader.require_topic(args.gt_topic, POSE_TYPES, "ground-truth topic")
+        if args.camera_info_topic:
+            reader.require_topic(args.camera_info_topic, ("sensor_msgs/msg/CameraInfo",), "camera_info topic")
+        if args.depth_topic:
+            reader.require_topic(args.depth_topic, ("sensor_msgs/msg/Image",), "depth topic")
         gt = load_ground_truth(reader, args.gt_topic, args.gt_tum, stats)
         if gt is not None and len(gt) == 0:
             raise ReplayError(f"ground truth {gt.source} has no poses")
@@ -243,12 +297,18 @@ def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
               + (f", ground truth from {gt.source} ({len(gt)} poses)" if gt is not None else ", no ground truth"))
 
         poses = PoseLookup(gt, settings.tolerance_s, settings.detector_poses)
-        frames = iter_frames(reader, args.image_topic, args.every, args.max_frames, stats)
+        inputs = PoseInputs()
+        if args.camera_info_topic:
+            frames = iter_frames_with_companions(reader, args.image_topic, args.camera_info_topic, args.depth_topic,
+                                                 args.every, args.max_frames, stats,
+                                                 int(round(settings.cfg.pose.sync_tolerance * 1e9)), inputs)
+        else:
+            frames = iter_frames(reader, args.image_topic, args.every, args.max_frames, stats)
         records, wall = replay_frames(pipeline, frames, poses, settings.cfg.model.batch_size, expected,
                                       not args.no_progress)
         result = ReplayRun(records, stats, info.count, None if gt is None else gt.source, poses.missing,
                            reader.undecodable, reader.first_undecodable, wall, model_s, pipeline.describe(),
-                           pipeline.model_name, pipeline.random_weights)
+                           pipeline.model_name, pipeline.random_weights, pipeline, companion_summary(inputs))
     return result, gt
 
 

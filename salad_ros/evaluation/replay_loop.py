@@ -55,6 +55,10 @@ class ReplayRun:
     model: str = ""  #: the pipeline's one-line model description
     model_name: str = ""  #: descriptor identity
     random_weights: bool = False
+    #: The pipeline after the run (its stored pose features serve the relative-pose evaluation).
+    pipeline: Any = None
+    #: Bad or missing camera_info / depth per kind (empty without those topics).
+    pose_inputs: dict[str, int] = field(default_factory=dict)
 
 
 class PoseLookup:
@@ -84,7 +88,8 @@ def run_pipeline(pipeline: Any, frames: Iterator[Frame], poses_for: Any, batch_s
     def flush() -> None:
         stamps = [f.stamp_ns for f in batch]
         gt, det = poses_for(stamps)
-        out = pipeline.process_batch([f.rgb for f in batch], stamps, det, [f.frame_id for f in batch])
+        out = pipeline.process_batch([f.rgb for f in batch], stamps, det, [f.frame_id for f in batch],
+                                     cameras=[f.camera for f in batch], depths=[f.depth for f in batch])
         encode_ms = 1e3 * out.encode_s / len(batch)
         for f, g, r, d, detect_s in zip(batch, gt, out.frames, out.descriptors, out.detect_s, strict=True):
             records.append(FrameRecord(f.stamp_ns, g, r, encode_ms, 1e3 * detect_s, 1e3 * f.decode_s,

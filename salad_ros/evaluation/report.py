@@ -46,6 +46,9 @@ class Evaluation:
     truth: np.ndarray | None  #: [K, K] true loops (None without ground truth)
     metrics: M.LoopMetrics | None
     row_of: dict[int, int]  #: keyframe id -> keyframe row
+    #: report.json's ``relative_pose`` section (None: no camera_info given) and its samples (.pose_eval)
+    relative_pose: dict[str, Any] | None = None
+    pose_samples: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_records(records: list[FrameRecord], cfg: Any, has_gt: bool, radius: float, max_yaw: float | None,
@@ -176,6 +179,10 @@ def make_plots(out: Path, records: list[FrameRecord], ev: Evaluation, gt: Trajec
         truth = ev.truth[::step, ::step] if ev.truth is not None else np.zeros((len(desc), len(desc)), bool)
         files["similarity_png"] = str(plots.plot_similarity(desc @ desc.T, truth, out / "similarity.png", title,
                                                             step=step, total=n))
+    if ev.pose_samples:
+        from .pose_plots import plot_pose_errors
+
+        files["relative_pose_png"] = str(plot_pose_errors(ev.pose_samples, out / "relative_pose.png", title))
     return files
 
 
@@ -276,6 +283,7 @@ def build_report(args: Any, settings: ReplaySettings, run: ReplayRun, ev: Evalua
         "metric_definitions": METRIC_DEFINITIONS,
         "pr_curve": _pr_curve_rows(ev.metrics),
         "timing": _timing(run, cfg.model.batch_size),
+        "relative_pose": ev.relative_pose,
         "config": to_flat_dict(cfg),
         "files": files,
     }
@@ -306,7 +314,7 @@ def print_summary(report: dict[str, Any], report_path: Path, ev: Evaluation, rad
     if report["random_weights"]:
         print("(random weights: these numbers are not a measure of SALAD)")
     labels = {"candidates_csv": "candidates", "keyframes_csv": "keyframes", "pr_curve_png": "PR curve",
-              "trajectory_png": "trajectory", "similarity_png": "similarity"}
+              "trajectory_png": "trajectory", "similarity_png": "similarity", "relative_pose_png": "poses"}
     print(f"{'report':<11} {report_path}")
     for key, label in labels.items():
         if key in report["files"]:

@@ -85,6 +85,17 @@ class StampMatcher:
         """Emit every queued frame now (end of a bag, shutdown); unresolved companions are missing."""
         return self._drain(force=True)
 
+    def flush_until(self, stamp_ns: int) -> list[SyncedFrame]:
+        """Emit now every queued frame stamped at or before ``stamp_ns`` (the caller decided they
+        waited long enough, e.g. by wall clock); later frames keep waiting. Unresolved
+        companions of the emitted frames are missing."""
+        out: list[SyncedFrame] = []
+        while self._pending and self._pending[0][0] <= stamp_ns:
+            stamp, frame = self._pending.popleft()
+            found = {s: c for s in self.streams if (c := self._lookup(s, stamp)[0]) is not None}
+            out.append(self._emit(stamp, frame, found))
+        return out + self._drain(force=False)
+
     @property
     def pending(self) -> int:
         """Frames waiting for companions."""

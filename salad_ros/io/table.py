@@ -29,6 +29,18 @@ CANDIDATE_COLUMNS: tuple[tuple[str, int], ...] = (
     ("rank", UINT32),  # 0 = best candidate of this query
     ("inliers", UINT32),  # geometric verification inliers (0 when not checked)
     ("verified", UINT8),  # 1 = passed geometric verification, 0 = not checked (verification off)
+    # Relative pose (salad_ros.relative_pose): the query keyframe's pose in the match keyframe's
+    # frame, X_match = R X_query + t, camera optical frames (base frames with camera_to_base).
+    ("pose_status", UINT8),  # 0 = none (identity, zeros, stds inf), 1 = rotation + direction (|t| = 1), 2 = metric
+    ("tx", FLOAT64),
+    ("ty", FLOAT64),
+    ("tz", FLOAT64),
+    ("qx", FLOAT64),
+    ("qy", FLOAT64),
+    ("qz", FLOAT64),
+    ("qw", FLOAT64),
+    ("rotation_std_rad", FLOAT32),  # worst-axis std of the rotation [rad]
+    ("translation_std_m", FLOAT32),  # worst-axis std of t [m]; status 1: of the unit direction [rad]
 )
 #: ``~/keyframes``: one row per new keyframe.
 KEYFRAME_COLUMNS: tuple[tuple[str, int], ...] = (
