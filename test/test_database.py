@@ -323,7 +323,7 @@ def test_load_refuses_other_dimension_and_model(tmp_path: Path) -> None:
     man = json.loads((d / "manifest.json").read_text())
     man["dim"] = 64
     (d / "manifest.json").write_text(json.dumps(man))
-    _refused(d, "dimension 32")
+    _refused(d, "dimension 32|too small for 20 keyframes of dimension 64")
     (tmp_path / "empty").mkdir()
     _refused(tmp_path / "empty", "no manifest.json")
 
