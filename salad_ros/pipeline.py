@@ -9,6 +9,7 @@ methods (:meth:`~LoopClosurePipeline.process`, :meth:`~LoopClosurePipeline.keyfr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ COLOR_THUMBNAIL_SIDE = 160
 
 
 def database_exists(path: str | Path) -> bool:
-    """True when ``path`` holds a saved keyframe database (not merely an empty folder)."""
-    return bool(path) and (Path(path) / "manifest.json").is_file()
+    """True when ``path`` holds a saved keyframe database (not merely an empty folder): a
+    ``manifest.json`` of any kind, so that a damaged one is refused by the load, not replaced."""
+    return bool(path) and os.path.lexists(Path(path) / "manifest.json")
 
 
 @dataclass
@@ -86,13 +88,14 @@ class LoopClosurePipeline:
     def _load_thumbnails(self, file: Path) -> None:
         # Without them, geometric verification against the loaded map has nothing to compare with.
         store = self.detector.thumbnails
-        if store is None or not file.is_file():
+        if store is None or not os.path.lexists(file):
             return
         try:
             n = store.load(file, self._stamps_by_id())
             log.info("loaded %d verification thumbnails from %s", n, file)
-        except ValueError as exc:
-            log.warning("%s; verification against the loaded map follows detector.verify_missing_thumbnail", exc)
+        except (OSError, ValueError) as exc:  # a cache: the map loads without it
+            log.warning("%s; the map is loaded without its thumbnails, so verification against it follows "
+                        "detector.verify_missing_thumbnail", exc)
 
     # -- frames
 
