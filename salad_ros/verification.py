@@ -234,19 +234,25 @@ class ThumbnailStore:
                  sizes=np.array([len(b) for b in blobs], np.int64), data=np.frombuffer(b"".join(blobs), np.uint8))
         return buf.getvalue()
 
-    def load(self, source: str | os.PathLike[str] | bytes, stamps_ns: dict[int, int]) -> int:
+    def max_file_bytes(self, entries: int) -> int:
+        """Largest saved file :meth:`load` reads for a map of ``entries`` keyframes: twice this
+        store's byte budget, 24 bytes per keyframe and slack (a file saved with a larger budget
+        is refused, not truncated)."""
+        return 2 * self.max_bytes + (1 << 20) + 32 * entries + (1 << 16)
+
+    def load(self, source: str | os.PathLike[str] | bytes, stamps_ns: dict[int, int], name: str | None = None) -> int:
         """Add the thumbnails saved in ``source`` (a file written from :meth:`to_bytes`, or its
         bytes) whose id and stamp match ``stamps_ns`` (the map they are loaded for); returns how
         many. The file is a cache and may be damaged or hostile: it must be a regular file of at
         most twice this store's byte budget (plus slack), hold exactly the four 1-D int64/uint8
         arrays, at most one entry per keyframe of the map, with consistent sizes; anything else
-        raises ValueError naming it, and nothing is added."""
-        name = "thumbnail bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+        raises ValueError naming it (or ``name``), and nothing is added."""
+        name = name or ("thumbnail bytes" if isinstance(source, (bytes, bytearray)) else str(source))
         entries = len(stamps_ns)
         data_limit = 2 * self.max_bytes + (1 << 20)
         try:
             raw = bytes(source) if isinstance(source, (bytes, bytearray)) else \
-                fileio.read_regular(source, data_limit + 32 * entries + (1 << 16))
+                fileio.read_regular(source, self.max_file_bytes(entries))
             z = npzfile.read_npz(raw, {
                 "ids": npzfile.Member("i", (None,), 8, entries), "stamps_ns": npzfile.Member("i", (None,), 8, entries),
                 "sizes": npzfile.Member("i", (None,), 8, entries), "data": npzfile.Member("u", (None,), 1, data_limit)})

@@ -31,7 +31,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import numpy as np
 from salad_ros import fileio, npzfile
 from salad_ros.params import ConfigError
 
+from . import backup
 from .config import DatabaseConfig, DatabaseError
 from .index import expected_classes
 from .table import MAX_FRAME_ID_CHARS, MAX_METADATA_BYTES
@@ -51,8 +52,16 @@ MANIFEST = "manifest.json"
 #: A manifest is ~2 kB; a larger one is not parsed.
 MAX_MANIFEST_BYTES = 1 << 20
 
-_DATA_FILE_RE = re.compile(r"^(index-\d{6}\.faiss|keyframes-\d{6}\.npz|records-\d{6}\.json|manifest\.json)(\.tmp\d+)?$")
-_GEN_RE = re.compile(r"^(?:index|keyframes|records)-(\d{6})\.")
+#: Optional files saved and committed with a generation, listed in the manifest under their key:
+#: ``<key>-<gen>.npz``. A damaged attachment never refuses the map (see :func:`read_attachment`).
+ATTACHMENTS = ("thumbnails",)
+#: Files of older saves beside the manifest (verification thumbnails before they were committed
+#: with the generation); removed by the next save.
+LEGACY_FILES = ("thumbnails.npz",)
+
+_DATA_FILE_RE = re.compile(r"^(index-\d{6}\.faiss|keyframes-\d{6}\.npz|records-\d{6}\.json|thumbnails-\d{6}\.npz"
+                           r"|manifest\.json)(\.tmp\d+)?$")
+_GEN_RE = re.compile(r"^(?:index|keyframes|records|thumbnails)-(\d{6})\.")
 _DATA_KEYS = ("index", "keyframes", "records")
 
 
@@ -83,42 +92,148 @@ def _write_faiss_index(index: Any, write: Callable[[bytes], None]) -> None:
 # save
 
 
-def save(directory: str | os.PathLike[str], c: Contents) -> Path:
-    """Write ``c`` to ``directory`` as its next generation (see the module docstring); returns
-    the directory. The caller keeps ``c`` unchanged until this returns."""
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """What :func:`save` committed."""
+
+    directory: Path
+    generation: int
+    count: int  #: keyframes in the saved map
+    attachments: tuple[str, ...]  #: attachment keys saved with it (e.g. ``("thumbnails",)``)
+    #: Where the replaced map was kept (:data:`backup.BACKUP_DIR`), when it held keyframes the
+    #: new one lacks; None when nothing was lost (or there was no map).
+    backup: Path | None = None
+    replaced_count: int | None = None  #: keyframes of the map replaced (None: none, or unreadable)
+    replaced: bool = False  #: a map (readable or not) was replaced
+    warnings: tuple[str, ...] = ()  #: problems after the commit (the new map is in place)
+
+
+def save(directory: str | os.PathLike[str], c: Contents, attachments: Mapping[str, bytes] | None = None) -> Saved:
+    """Write ``c`` and its ``attachments`` (key in :data:`ATTACHMENTS` -> file content) to
+    ``directory`` as its next generation: one manifest switch commits all of them together
+    (see the module docstring). When the map being replaced holds keyframes that ``c`` lacks
+    (compared by stamp), it is first kept as the backup ``previous/`` (:mod:`.backup`); a
+    backup that cannot be made fails the save. On any error before the commit nothing is
+    changed and the error propagates. The caller keeps ``c`` unchanged until this returns."""
+    attachments = dict(attachments or {})
+    unknown = set(attachments) - set(ATTACHMENTS)
+    if unknown:
+        raise ValueError(f"unknown attachment {sorted(unknown)}; known: {ATTACHMENTS}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     with fileio.dir_lock(d):
+        backup.remove_leftovers(d)
+        old = on_disk(d)
+        lost = old is not None and _loses_keyframes(old, c.stamps)
         gen = 1 + max([0] + [int(m.group(1)) for p in d.iterdir() if (m := _GEN_RE.match(p.name))])
         names = {"index": f"index-{gen:06d}.faiss", "keyframes": f"keyframes-{gen:06d}.npz",
-                 "records": f"records-{gen:06d}.json"}
+                 "records": f"records-{gen:06d}.json", **{k: f"{k}-{gen:06d}.npz" for k in attachments}}
         n = len(c.frame_ids)
         table = io.BytesIO()
         np.savez(table, ids=np.arange(n, dtype=np.int64), stamps_ns=c.stamps, poses=c.poses)
         records = json.dumps({"frame_ids": c.frame_ids, "metadata": c.metadata},
                              allow_nan=False, separators=(",", ":")).encode()
+        contents: dict[str, Callable[[fileio.Writer], None]] = {
+            "index": lambda w: _write_faiss_index(c.index, w), "keyframes": lambda w: w(table.getvalue()),
+            "records": lambda w: w(records),
+            **{k: (lambda w, data=data: w(data)) for k, data in attachments.items()}}
         committed = False
+        kept = None
         try:
-            files = {
-                "index": fileio.write_atomic(d / names["index"], lambda w: _write_faiss_index(c.index, w)),
-                "keyframes": fileio.write_atomic(d / names["keyframes"], lambda w: w(table.getvalue())),
-                "records": fileio.write_atomic(d / names["records"], lambda w: w(records)),
-            }
+            files = {key: fileio.write_atomic(d / names[key], contents[key]) for key in names}
+            if lost:  # before the commit: whenever the new map is in place, the old one is kept
+                kept = backup.keep(d, old.files)
             # no trailing newline: cutting even one byte off the manifest breaks its JSON
             body = json.dumps(_manifest(c, gen, files), indent=1, sort_keys=True).encode()
             fileio.write_atomic(d / MANIFEST, lambda w: w(body))
             committed = True
-            fileio.fsync_dir(d)
         except BaseException:
             if not committed:  # the previous manifest still rules: drop our unreferenced files
                 for name in names.values():
                     (d / name).unlink(missing_ok=True)
             raise
-        keep = set(names.values()) | {MANIFEST}
-        for p in d.iterdir():
-            if _DATA_FILE_RE.match(p.name) and p.name not in keep:
-                p.unlink(missing_ok=True)
-    return d
+        warnings = []
+        try:
+            fileio.fsync_dir(d)
+            keep = set(names.values()) | {MANIFEST}
+            for p in d.iterdir():
+                if (_DATA_FILE_RE.match(p.name) or p.name in LEGACY_FILES) and p.name not in keep:
+                    p.unlink(missing_ok=True)
+        except OSError as exc:  # the new map is committed; only tidying failed
+            warnings.append(f"after saving: {exc.strerror or exc} ({exc.filename or d})")
+    return Saved(d, gen, n, tuple(attachments), kept, None if old is None else old.count, old is not None,
+                 tuple(warnings))
+
+
+@dataclasses.dataclass(frozen=True)
+class OnDisk:
+    """The map a folder holds now, as far as it can be read (see :func:`on_disk`)."""
+
+    generation: int | None
+    count: int | None  #: None: the map cannot be read
+    stamps: np.ndarray | None  #: its keyframe stamps (None: cannot be read)
+    files: tuple[str, ...]  #: every file belonging to it, the manifest last
+    problem: str = ""  #: why it cannot be read
+
+
+def on_disk(directory: str | os.PathLike[str]) -> OnDisk | None:
+    """What ``directory`` holds now: None without a manifest, else the generation, count and
+    stamps of its map (read with the same checks as :func:`load`; ``count`` None when it cannot
+    be read) and the names of its files. Never modifies anything."""
+    d = Path(directory)
+    if not os.path.lexists(d / MANIFEST):
+        return None
+    legacy = tuple(name for name in LEGACY_FILES if os.path.lexists(d / name))
+    try:
+        fail = lambda problem: DatabaseError(problem)
+        man = _read_manifest(d, fail)
+        count, gen, files = int(man["count"]), int(man.get("generation", 0)), man["files"]
+        entry = _file_entry(files, "keyframes", size_bounds(count, 1, DatabaseConfig(), False, False)["keyframes"],
+                            f"for {count} keyframes", fail)
+        with contextlib.ExitStack() as stack:
+            raw = _open_checked(d, *entry, stack, fail).read()
+        stamps = npzfile.read_npz(raw, _table_members(count))["stamps_ns"]
+        names = tuple(str(f["name"]) for f in files.values() if isinstance(f, dict) and _DATA_FILE_RE.match(str(f.get("name"))))
+        return OnDisk(gen, count, stamps, names + legacy + (MANIFEST,))
+    except Exception as exc:  # noqa: BLE001 - an unreadable map: keep everything that may belong to it
+        names = tuple(sorted(p.name for p in d.iterdir() if _DATA_FILE_RE.match(p.name) and ".tmp" not in p.name
+                             and p.name != MANIFEST))
+        return OnDisk(None, None, None, names + legacy + (MANIFEST,), problem=str(exc))
+
+
+def _loses_keyframes(old: OnDisk, stamps: np.ndarray) -> bool:
+    """True when the map ``old`` holds keyframes that a map with ``stamps`` lacks (or may: an
+    unreadable map). A map that only grew (same stamps, then more) loses nothing."""
+    if old.count is None or old.stamps is None:
+        return True
+    if old.count == 0:
+        return False
+    return old.count > len(stamps) or not np.array_equal(old.stamps, np.asarray(stamps)[: old.count])
+
+
+def read_attachment(directory: str | os.PathLike[str], key: str, max_bytes: int) -> tuple[Path, bytes] | None:
+    """The path and content of the attachment ``key`` of the map in ``directory`` (checked:
+    regular file, size at most ``max_bytes`` and as the manifest says, sha256), or None when
+    the map has none. A damaged
+    one raises :class:`DatabaseError` naming it (the caller decides whether that matters)."""
+    if key not in ATTACHMENTS:
+        raise ValueError(f"unknown attachment {key!r}; known: {ATTACHMENTS}")
+    d = Path(directory)
+
+    def fail(problem: str) -> DatabaseError:
+        return DatabaseError(f"keyframe database {d}: {problem}")
+
+    files = _read_manifest(d, fail).get("files")
+    if not isinstance(files, dict) or key not in files:
+        return None
+    entry = _file_entry(files, key, (0, max_bytes), "for this reader", fail)
+    if not entry[0].startswith(f"{key}-"):
+        raise fail(f"{MANIFEST} names an unexpected file {entry[0]!r} for the {key}")
+    try:
+        with contextlib.ExitStack() as stack:
+            return d / entry[0], _open_checked(d, *entry, stack, fail).read()
+    except MemoryError as exc:
+        raise fail(f"data file {entry[0]}: out of memory reading it") from exc
 
 
 def _manifest(c: Contents, gen: int, files: dict[str, Any]) -> dict[str, Any]:
@@ -178,15 +293,14 @@ def _load(d: Path, expected_dim: int | None, expected_model: str | None, config:
                    "(descriptors of different models are not comparable)")
     db_cfg = _effective_config(stored_cfg, config, fail)
     bounds = size_bounds(count, dim, db_cfg, fp16, trained)
-    entries = {key: _file_entry(files, key, bounds[key], count, dim, fail) for key in _DATA_KEYS}
+    entries = {key: _file_entry(files, key, bounds[key], f"for {count} keyframes of dimension {dim}", fail)
+               for key in _DATA_KEYS}
     with contextlib.ExitStack() as stack:
         # Every file's kind, size and checksum before parsing anything.
         handles = {key: _open_checked(d, name, size, sha, stack, fail) for key, (name, size, sha) in entries.items()}
         table_bytes, records_bytes = handles["keyframes"].read(), handles["records"].read()
         try:
-            table = npzfile.read_npz(table_bytes, {
-                "ids": npzfile.Member("i", (count,), 8), "stamps_ns": npzfile.Member("i", (count,), 8),
-                "poses": npzfile.Member("f", (count, 7), 8)})
+            table = npzfile.read_npz(table_bytes, _table_members(count))
         except npzfile.NpzError as exc:
             raise fail(f"data file {entries['keyframes'][0]}: {exc}") from exc
         frame_ids, metas = _parse_records(records_bytes, count, lambda p: fail(f"data file {entries['records'][0]}: {p}"))
@@ -205,6 +319,11 @@ def _load(d: Path, expected_dim: int | None, expected_model: str | None, config:
     if type(index).__name__ not in allowed:
         raise fail(f"index is a {type(index).__name__}, expected {' or '.join(allowed)}")
     return Contents(dim, model, db_cfg, trained, index, stamps, poses, frame_ids, metas)
+
+
+def _table_members(count: int) -> dict[str, npzfile.Member]:
+    return {"ids": npzfile.Member("i", (count,), 8), "stamps_ns": npzfile.Member("i", (count,), 8),
+            "poses": npzfile.Member("f", (count, 7), 8)}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -271,7 +390,7 @@ def size_bounds(count: int, dim: int, cfg: DatabaseConfig, fp16: bool, trained: 
             "records": (0, records)}
 
 
-def _file_entry(files: Any, key: str, bounds: tuple[int, int], count: int, dim: int,
+def _file_entry(files: Any, key: str, bounds: tuple[int, int], what: str,
                 fail: Callable[[str], DatabaseError]) -> tuple[str, int, str]:
     """``(name, size, sha256)`` of data file ``key`` from the manifest, checked against the
     name pattern and the size bounds."""
@@ -285,8 +404,8 @@ def _file_entry(files: Any, key: str, bounds: tuple[int, int], count: int, dim: 
         raise fail(f"{MANIFEST} has a bad size or checksum for {name}")
     lo, hi = bounds
     if not lo <= size <= hi:
-        raise fail(f"{MANIFEST} gives {name} {size} bytes, {'too small' if size < lo else 'too large'} for "
-                   f"{count} keyframes of dimension {dim} ({lo} to {hi} bytes)")
+        raise fail(f"{MANIFEST} gives {name} {size} bytes, {'too small' if size < lo else 'too large'} "
+                   f"{what} ({lo} to {hi} bytes)")
     return name, size, sha
 
 
