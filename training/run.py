@@ -416,7 +416,7 @@ class _Run:
         if self.info.main:
             final = out / ("best.ckpt" if (out / "best.ckpt").is_file() else "last.ckpt")
             if final.is_file():
-                weights = export_weights(final, out / "weights.pth")
+                weights, _ = export_weights(final, out / "weights.pth")
                 log.info("exported %s -> %s (load_model(path, backbone=%r, variant=%r))", final.name, weights,
                          self.args.backbone, self.args.variant)
             if bad_all.events:

@@ -145,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         try:
-            dest = export_weights(args.export_weights, args.export_to)
-        except CheckpointError as exc:
+            dest, fits = export_weights(args.export_weights, args.export_to)
+        except (CheckpointError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"wrote {dest}")
+        print(f"wrote {dest} ({fits})")
         return 0
     check_args(p, args)
     try:
