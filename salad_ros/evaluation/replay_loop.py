@@ -55,6 +55,8 @@ class ReplayRun:
     model: str = ""  #: the pipeline's one-line model description
     model_name: str = ""  #: descriptor identity
     random_weights: bool = False
+    bag_damage: str | None = None  #: damaged mcap chunks skipped (see BagReader.damaged)
+    bag_integrity: str = ""  #: what the reader could verify (e.g. chunk checksums)
 
 
 class PoseLookup:

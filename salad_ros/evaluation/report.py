@@ -267,6 +267,8 @@ def build_report(args: Any, settings: ReplaySettings, run: ReplayRun, ev: Evalua
         "frames_without_pose": len(run.missing_pose),
         "frames_without_pose_stamps": [format_stamp(s) for s in run.missing_pose[:20]],
         "bag_error": stats.error,
+        "bag_damage": run.bag_damage,
+        "bag_integrity": run.bag_integrity,
         "last_good_message_index": stats.last_good_index,
         "radius_m": args.radius,
         "max_yaw_deg": args.max_yaw,
