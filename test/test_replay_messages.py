@@ -65,3 +65,28 @@ def test_no_true_loop_because_the_route_never_comes_back(tmp_path: Path, demo: P
     assert report["queries_with_loop"] == 0
     assert "never comes back" in report["no_loop_cause"] and "--radius" in report["no_loop_cause"]
     assert report["no_loop_cause"] in out
+
+
+def test_trajectory_plot_with_hundreds_of_candidates(tmp_path: Path) -> None:
+    """True and false candidates in separate panels, a query's best of each kind only, the path
+    coloured by time (two laps)."""
+    import cv2
+    import numpy as np
+
+    from salad_ros.evaluation.plots import plot_trajectory
+
+    t = np.linspace(0.0, 2.0, 1000)
+    path = np.stack([20 * np.cos(2 * np.pi * t) * (1 + 0.05 * (t > 1)), 12 * np.sin(2 * np.pi * t)], axis=1)
+    kf = path[::5]
+    rng = np.random.default_rng(0)
+    n = len(kf)
+    edges = [(q, q - n // 2 + int(rng.integers(-1, 2)), True) for q in range(n // 2 + 1, n)]
+    edges += [(q, int(rng.integers(0, n // 2)), False) for q in range(n // 2, n) for _ in range(3)]
+    png = plot_trajectory(path, kf, edges, tmp_path / "t.png", "two laps", t * 60)
+    img = cv2.imread(str(png))
+    h, w, _ = img.shape
+    assert w > 1200 and h > 450
+    left, right = img[:, : w // 2].astype(int), img[:, w // 2 :].astype(int)
+    green = lambda a: ((a[..., 1] > 100) & (a[..., 2] < 80) & (a[..., 0] < 110)).sum()  # noqa: E731 (BGR)
+    red = lambda a: ((a[..., 2] > 150) & (a[..., 1] < 90) & (a[..., 0] < 90)).sum()  # noqa: E731
+    assert green(left) > 20 * max(green(right), 1) and red(right) > 5 * max(red(left), 1)

@@ -174,8 +174,9 @@ def make_plots(out: Path, records: list[FrameRecord], ev: Evaluation, gt: Trajec
                 if j >= 0:
                     ok = None if ev.truth is None or np.isnan(ev.positions[[k, j]]).any() else bool(ev.truth[k, j])
                     edges.append((k, j, ok))
+        seconds = (gt.stamps_ns[::step] - gt.stamps_ns[0]) * 1e-9
         files["trajectory_png"] = str(plots.plot_trajectory(gt.poses[::step, :2], ev.positions[:, :2], edges,
-                                                            out / "trajectory.png", title))
+                                                            out / "trajectory.png", title, seconds))
     if ev.keyframe_rows:
         # Long runs: plot every step-th keyframe (the matrix would not fit in memory or pixels).
         step = max(1, math.ceil(len(ev.keyframe_rows) / 1500))
