@@ -68,7 +68,7 @@ def plot_trajectory(
     titles count all of them. With
     ``trajectory_s`` (seconds from the start, one per path point) the path is coloured by time,
     so laps over the same streets can be told apart."""
-    fig = Figure(figsize=(13.0, 5.0), layout="constrained")
+    fig = Figure(figsize=(13.0, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     counts = {True: 0, False: 0, None: 0}
     drawn: dict[bool | None, list[tuple[int, int]]] = {True: [], False: [], None: []}
@@ -100,7 +100,7 @@ def plot_trajectory(
         ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel("x [m]")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
         ax.set_title(f"{counts[kind]} {name} loop candidate{'' if counts[kind] == 1 else 's'} accepted", fontsize=10,
                      color=colour)
     axes[0].set_ylabel("y [m]")
