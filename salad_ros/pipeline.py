@@ -274,7 +274,8 @@ class LoopClosurePipeline:
                           saved.warnings)
 
     def reset(self) -> None:
-        """Forget every keyframe and the detector's history (the saved file is not touched)."""
+        """Forget every keyframe and the detector's history. The saved map is not touched; a later
+        :meth:`save` replaces it but keeps it in ``<path>/previous`` (see :class:`SaveReport`)."""
         self.database = KeyframeDatabase.from_config(self.encoder.dim, self.cfg.database, self.encoder.model_name)
         self.detector = LoopDetector(self.cfg.detector, self.database)
         if self._color_thumbs is not None:

@@ -11,11 +11,15 @@ Format ``FORMAT_NAME`` version ``FORMAT_VERSION``, one directory::
     keyframes-<gen>.npz         ids int64[N], stamps_ns int64[N], poses float64[N,7]
                                 (x y z qx qy qz qw, NaN rows = no pose); loaded without pickle
     records-<gen>.json          {"frame_ids": [...], "metadata": [...]}
+    thumbnails-<gen>.npz        optional attachment (:data:`ATTACHMENTS`): the pipeline's
+                                verification thumbnails, committed with the map
+    previous/                   the replaced map, when a save lost keyframes (:mod:`.backup`)
 
 :func:`save` writes the next generation's data files (temporary name, fsync, rename), then
 atomically replaces ``manifest.json`` the same way and fsyncs the directory, and only then
 deletes the previous generation. A crash at any point leaves the previous manifest pointing at
-complete previous files. One writer per directory at a time (an flock on ``.lock``).
+complete previous files; the map and its attachments switch together. One writer per directory
+at a time (an flock on ``.lock``).
 :func:`load` only reads: it checks format, version, dimension, model and every file's kind
 (regular files only: no FIFO, device or symbolic link), size (within bounds computed from the
 manifest's count and dimension) and checksum before parsing anything, parses with bounded
@@ -152,17 +156,21 @@ def save(directory: str | os.PathLike[str], c: Contents, attachments: Mapping[st
                 for name in names.values():
                     (d / name).unlink(missing_ok=True)
             raise
-        warnings = []
-        try:
-            fileio.fsync_dir(d)
-            keep = set(names.values()) | {MANIFEST}
-            for p in d.iterdir():
-                if (_DATA_FILE_RE.match(p.name) or p.name in LEGACY_FILES) and p.name not in keep:
-                    p.unlink(missing_ok=True)
-        except OSError as exc:  # the new map is committed; only tidying failed
-            warnings.append(f"after saving: {exc.strerror or exc} ({exc.filename or d})")
-    return Saved(d, gen, n, tuple(attachments), kept, None if old is None else old.count, old is not None,
-                 tuple(warnings))
+        warnings = _after_commit(d, set(names.values()) | {MANIFEST})
+    return Saved(d, gen, n, tuple(attachments), kept, None if old is None else old.count, old is not None, warnings)
+
+
+def _after_commit(d: Path, keep: set[str]) -> tuple[str, ...]:
+    """Make the commit durable and delete the files of older generations (and legacy files).
+    The new map is in place whatever happens here: failures become warnings, not errors."""
+    try:
+        fileio.fsync_dir(d)
+        for p in d.iterdir():
+            if (_DATA_FILE_RE.match(p.name) or p.name in LEGACY_FILES) and p.name not in keep:
+                p.unlink(missing_ok=True)
+    except OSError as exc:
+        return (f"after saving: {exc.strerror or exc} ({exc.filename or d})",)
+    return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +222,8 @@ def _loses_keyframes(old: OnDisk, stamps: np.ndarray) -> bool:
 def read_attachment(directory: str | os.PathLike[str], key: str, max_bytes: int) -> tuple[Path, bytes] | None:
     """The path and content of the attachment ``key`` of the map in ``directory`` (checked:
     regular file, size at most ``max_bytes`` and as the manifest says, sha256), or None when
-    the map has none. A damaged
-    one raises :class:`DatabaseError` naming it (the caller decides whether that matters)."""
+    the map has none. A damaged one raises :class:`DatabaseError` naming it (the caller
+    decides whether that matters)."""
     if key not in ATTACHMENTS:
         raise ValueError(f"unknown attachment {key!r}; known: {ATTACHMENTS}")
     d = Path(directory)
