@@ -28,7 +28,17 @@ from tqdm import tqdm
 from salad_ros.backends import ModelConfig, check_weights_file, is_random_model_name
 from salad_ros.backends.contract import INPUT_NAME, OUTPUT_NAME, run_in_batches
 from salad_ros.fileio import file_fingerprint, move_into_place, sha256_file
-from salad_ros.model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE, VARIANTS, DinoSalad, load_model, variant_dims
+from salad_ros.model import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PATCH_SIZE,
+    VARIANTS,
+    CheckpointError,
+    DinoSalad,
+    load_model,
+    variant_dims,
+)
 from salad_ros.params import ConfigError
 
 from .compare import THRESHOLDS, Agreement, check_agreement, verification_inputs
@@ -263,8 +273,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.weights:
         try:  # the one weights-file check the node and replay use
             check_weights_file(ModelConfig(weights=args.weights))
-        except ConfigError as exc:
-            parser.error(f"--weights: {exc}")
+        except ConfigError as exc:  # one line, like a checkpoint that cannot be loaded (see main)
+            print(f"{parser.prog}: error: --weights: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if not args.out.endswith(".onnx"):
         parser.error(f"--out {args.out} should end in .onnx")
     if args.verify_count < 2:
@@ -276,7 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     m, l, g = variant_dims(args.descriptor)
-    model = load_model(args.weights, args.backbone, m, l, g, "cpu", num_trainable_blocks=0)
+    try:
+        model = load_model(args.weights, args.backbone, m, l, g, "cpu", num_trainable_blocks=0)
+    except CheckpointError as exc:  # damaged, foreign or of another model: one line, no traceback
+        print(f"python -m export.onnx: error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial")

@@ -145,6 +145,13 @@ class FrameResult:
     candidates: list[LoopCandidate] = field(default_factory=list)  #: accepted loops, best first
     matches: list[Match] = field(default_factory=list)  #: raw top-k of a keyframe query
     rejected: list[LoopCandidate] = field(default_factory=list)  #: above threshold but rejected
+    #: The keyframe rule that cut a non-keyframe: one of :data:`KEYFRAME_RULES` ("" for keyframes).
+    rule: str = ""
+
+
+#: Why a frame is not a keyframe, by the ``detector.*`` parameter of the rule that cut it.
+KEYFRAME_RULES = ("keyframe_min_interval_s", "keyframe_min_distance_m/keyframe_min_rotation_deg",
+                  "keyframe_max_similarity", "time_jump")
 
 
 @dataclass
@@ -219,9 +226,9 @@ class LoopDetector:
         stamp_ns = int(stamp_ns)
         cfg = self.config
         self.stats["frames"] += 1
-        is_kf, reason = self._keyframe_decision(desc, stamp_ns, pose)
-        if not is_kf:
-            return FrameResult(stamp_ns, False, None, reason)
+        rule, reason = self._keyframe_decision(desc, stamp_ns, pose)
+        if rule:
+            return FrameResult(stamp_ns, False, None, reason, rule=rule)
 
         ex = SearchExclusions.from_detector(cfg)
         ids, stamps, scores = self.database.search(
@@ -267,27 +274,32 @@ class LoopDetector:
             raise ValueError("descriptor is all-zero or not finite")
         return l2_normalize(d)
 
-    def _keyframe_decision(self, desc: np.ndarray, stamp_ns: int, pose: Pose | None) -> tuple[bool, str]:
+    def _keyframe_decision(self, desc: np.ndarray, stamp_ns: int, pose: Pose | None) -> tuple[str, str]:
+        """``(rule, reason)``: the rule of :data:`KEYFRAME_RULES` that cuts the frame ("" when
+        it is a keyframe) and why, in words."""
         cfg = self.config
         last = self._last
         if last is None:
-            return True, "first keyframe"
+            return "", "first keyframe"
         dt = (stamp_ns - last.stamp_ns) * 1e-9
         if dt < 0:
-            return False, f"stamp is {-dt:.3f} s before the last keyframe (reset() after a time jump)"
+            return "time_jump", f"stamp is {-dt:.3f} s before the last keyframe (reset() after a time jump)"
         if dt < cfg.keyframe_min_interval_s:
-            return False, f"too soon: {dt:.3f} s < {cfg.keyframe_min_interval_s} s since the last keyframe"
+            return "keyframe_min_interval_s", \
+                f"too soon: {dt:.3f} s < {cfg.keyframe_min_interval_s} s since the last keyframe"
         if pose is not None and last.pose is not None and (cfg.keyframe_min_distance_m > 0 or cfg.keyframe_min_rotation_deg > 0):
             moved = translation_distance(pose, last.pose)
             turned = math.degrees(rotation_angle(pose, last.pose))
             far = cfg.keyframe_min_distance_m > 0 and moved >= cfg.keyframe_min_distance_m
             turned_enough = cfg.keyframe_min_rotation_deg > 0 and turned >= cfg.keyframe_min_rotation_deg
             if not (far or turned_enough):
-                return False, (f"too little motion: {moved:.2f} m, {turned:.1f} deg since the last keyframe")
+                return "keyframe_min_distance_m/keyframe_min_rotation_deg", \
+                    f"too little motion: {moved:.2f} m, {turned:.1f} deg since the last keyframe"
         sim = float(desc @ last.descriptor)
         if cfg.keyframe_max_similarity < 1.0 and sim >= cfg.keyframe_max_similarity:
-            return False, f"not novel: similarity {sim:.3f} >= {cfg.keyframe_max_similarity} to the last keyframe"
-        return True, f"keyframe (similarity {sim:.3f} to the last one, {dt:.2f} s later)"
+            return "keyframe_max_similarity", \
+                f"not novel: similarity {sim:.3f} >= {cfg.keyframe_max_similarity} to the last keyframe"
+        return "", f"keyframe (similarity {sim:.3f} to the last one, {dt:.2f} s later)"
 
     def _update_chains(self, passing: list[Match]) -> dict[int, int]:
         """Extend the consistency chains with this query keyframe's passing matches.

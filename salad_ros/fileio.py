@@ -6,19 +6,23 @@
   folder);
 * :func:`sha256_file` (full hex digest) and :func:`file_fingerprint` (the short content hash
   that names a weights file in a model name);
-* :func:`dir_lock`: one writer per directory at a time (flock on ``<dir>/.lock``).
+* :func:`dir_lock`: one writer per directory at a time (flock on ``<dir>/.lock``);
+* :func:`open_regular` / :func:`read_regular`: read a file that may be hostile (a FIFO, a
+  device, a link to ``/dev/zero``, far too large) without blocking or following links.
 
 Only the standard library is imported here.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 #: Length of :func:`file_fingerprint` (hex digits of the sha256).
 FINGERPRINT_HEX = 12
@@ -118,3 +122,57 @@ def dir_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class UnsafeFileError(OSError):
+    """A file that is not what a reader expects: not a regular file, a symbolic link, or
+    larger than the reader's bound. The message names the file."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextmanager
+def open_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """Open ``path`` for reading only if it is a regular file (not a symbolic link, FIFO, device
+    or directory) of at most ``max_bytes``; :class:`UnsafeFileError` otherwise. Never blocks on
+    a FIFO and never follows a link in the last path component: the kind is checked with lstat
+    before opening and again on the open descriptor (so a file swapped in between is caught)."""
+    path = Path(path)
+    mode = os.lstat(path).st_mode  # FileNotFoundError passes through
+    if not stat.S_ISREG(mode):
+        raise UnsafeFileError(f"{path.name} is {_kind(mode)}, not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a symbolic link after the lstat
+            raise UnsafeFileError(f"{path.name} is a symbolic link, not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{path.name} is {_kind(st.st_mode)}, not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise UnsafeFileError(f"{path.name} is {st.st_size} bytes, larger than the {max_bytes} bytes it can be")
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        yield fh
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The content of ``path`` read through :func:`open_regular` (regular file, at most
+    ``max_bytes``, no link followed, no blocking)."""
+    with open_regular(path, max_bytes) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while being read
+        raise UnsafeFileError(f"{Path(path).name} is larger than the {max_bytes} bytes it can be")
+    return data

@@ -2,9 +2,9 @@
 
 :class:`LoopPoseEstimator` is the pipeline's pose component. For every keyframe that came with
 a camera model it keeps the pose features (keypoints, descriptors and depth at the keypoints,
-:mod:`salad_ros.geometry.features`) in a bounded store that is saved beside the map
-(``pose_features.npz``), so a later session gets poses against an earlier session's keyframes
-without their images. For every loop candidate it estimates the query keyframe's pose in the
+:mod:`salad_ros.geometry.features`) in a bounded store saved with the map (the attachment
+``pose_features-<gen>.npz``, committed with it), so a later session gets poses against an
+earlier session's keyframes without their images. For every loop candidate it estimates the query keyframe's pose in the
 match keyframe's frame from the stored features
 (:func:`salad_ros.relative_pose.estimate_from_features`), honouring ``pose_estimation`` and,
 when ``camera_to_base`` is set, expressing it between the two keyframes' base frames.
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import write_bytes_atomic
 from .geometry.camera import CameraModel, PoseInputError
 from .geometry.feature_store import PoseFeatureStore
 from .geometry.features import PoseFeatureExtractor, PoseFeatures
@@ -37,7 +36,8 @@ from .relative_pose import METHODS, STATUS_NONE, PoseConfig, RelativePose, estim
 log = logging.getLogger(__name__)
 
 #: Pose features saved beside the keyframe database (a cache: the map loads without it).
-POSE_FEATURES_FILE = "pose_features.npz"
+#: Key of the map attachment holding the stored pose features (``pose_features-<gen>.npz``).
+POSE_FEATURES = "pose_features"
 #: Candidate timings kept for the mean reported in diagnostics.
 _TIMING_WINDOW = 200
 _MIB = 1 << 20
@@ -281,33 +281,31 @@ class LoopPoseEstimator:
         """Forget every stored keyframe (a reset of the map)."""
         self.store.clear()
 
-    def save(self, directory: str | Path, stamps_by_id: dict[int, int]) -> None:
-        """Write the stored features beside the map (atomic), or remove a stale file when the
-        store is empty."""
-        file = Path(directory) / POSE_FEATURES_FILE
-        if len(self.store) == 0:
-            file.unlink(missing_ok=True)  # an older file would describe another state of the map
-            return
-        write_bytes_atomic(file, self.store.to_bytes(stamps_by_id))
+    @property
+    def stored(self) -> int:
+        """Keyframes whose pose features are held."""
+        return len(self.store)
 
-    def load(self, directory: str | Path, stamps_by_id: dict[int, int]) -> int:
-        """Load features saved beside a map; records of keyframes the map doesn't have (by id and
-        stamp) are skipped. A damaged file or features of another type are a warning, not an
-        error: the map still loads, its keyframes then have no poses. Returns how many loaded."""
-        file = Path(directory) / POSE_FEATURES_FILE
-        if not file.is_file():
-            return 0
+    def to_bytes(self, stamps_by_id: dict[int, int]) -> bytes:
+        """The stored features as the map's ``pose_features`` attachment (committed with it)."""
+        return self.store.to_bytes(stamps_by_id)
+
+    def max_file_bytes(self, entries: int) -> int:
+        """Largest attachment this estimator's store writes for a map of ``entries`` keyframes."""
+        return self.store.max_file_bytes(entries)
+
+    def load(self, source: str | Path | bytes, stamps_by_id: dict[int, int], name: str | None = None) -> int:
+        """Load the features saved with a map (the attachment's bytes, or a file); records of
+        keyframes the map doesn't have (by id and stamp) are skipped. Features of another type
+        are a warning and ignored; a damaged file raises ValueError (the caller warns: the map
+        still loads, its keyframes then have no poses). Returns how many loaded."""
+        name = name or str(source)[:80]
         loaded = PoseFeatureStore(self.store.max_count, self.store.max_bytes)
-        try:
-            n = loaded.load(file, stamps_by_id)
-        except ValueError as exc:
-            log.warning("%s; loop candidates against the loaded map get no relative pose", exc)
-            return 0
+        n = loaded.load(source, stamps_by_id, name=name)
         kinds = {rec.kind for rec in (loaded.get(k) for k in stamps_by_id) if rec is not None}
         if kinds and kinds != {self.extractor.kind}:
-            log.warning("%s holds %s features but detector.verify_feature is %s: ignored", file,
+            log.warning("%s holds %s features but detector.verify_feature is %s: ignored", name,
                         ", ".join(sorted(kinds)), self.extractor.kind)
             return 0
         self.store = loaded
-        log.info("loaded pose features of %d keyframes from %s", n, file)
         return n

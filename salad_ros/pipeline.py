@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,25 +20,48 @@ import numpy as np
 
 from .backends import Encoder, create_encoder, is_random_model_name
 from .config import SaladConfig
-from .database import Keyframe, KeyframeDatabase, Pose, write_bytes_atomic
+from .database import DatabaseError, Keyframe, KeyframeDatabase, Pose
+from .database.storage import on_disk, read_attachment
 from .detector import DetectorConfig, FrameResult, LoopDetector
 from .geometry.camera import CameraModel
-from .loop_pose import LoopPoseEstimator
+from .loop_pose import POSE_FEATURES, LoopPoseEstimator
 from .relative_pose import RelativePose
 from .verification import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
-#: Verification thumbnails saved beside the keyframe database (a cache: the map loads without it).
-THUMBNAILS_FILE = "thumbnails.npz"
+#: Verification thumbnails are saved with the keyframe database, as its attachment of this key
+#: (``thumbnails-<generation>.npz``, committed by the same manifest switch). A cache: the map loads
+#: without it.
+THUMBNAILS = "thumbnails"
+#: Where saves before that kept them (beside the manifest); still read when the manifest has none.
+LEGACY_THUMBNAILS_FILE = "thumbnails.npz"
 #: Colour keyframe thumbnails for a live view (count-bounded; the byte bound never binds first).
 COLOR_THUMBNAIL_COUNT = 1024
 COLOR_THUMBNAIL_SIDE = 160
 
 
+def describe_saved(path: str | Path) -> str:
+    """What the folder ``path`` holds now, in words (for messages after a failed save)."""
+    try:
+        now = on_disk(path) if Path(path).is_dir() else None
+    except OSError:
+        now = None
+    if now is None:
+        return f"there is no saved map in {path}"
+    if now.count is None:
+        return f"{path} holds the same unreadable map as before"
+    return f"the saved map in {path} is unchanged (generation {now.generation}, {_count(now.count, 'keyframe')})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def database_exists(path: str | Path) -> bool:
-    """True when ``path`` holds a saved keyframe database (not merely an empty folder)."""
-    return bool(path) and (Path(path) / "manifest.json").is_file()
+    """True when ``path`` holds a saved keyframe database (not merely an empty folder): a
+    ``manifest.json`` of any kind, so that a damaged one is refused by the load, not replaced."""
+    return bool(path) and os.path.lexists(Path(path) / "manifest.json")
 
 
 @dataclass
@@ -52,6 +76,37 @@ class BatchResult:
     encode_s: float = 0.0
     #: Wall-clock seconds the detector (search, insertion, verification) spent on each frame.
     detect_s: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """What :meth:`LoopClosurePipeline.save` wrote; :meth:`summary` is the one-line reply."""
+
+    path: Path  #: the database folder
+    generation: int  #: the generation now on disk
+    keyframes: int  #: keyframes in the saved map
+    #: Verification thumbnails saved with it; None when none were saved (see ``thumbnails_note``).
+    thumbnails: int | None
+    thumbnails_note: str = ""  #: why no thumbnails were saved ("" when they were)
+    #: Where the replaced map was kept, when it held keyframes the new one lacks (e.g. after a
+    #: reset); None when nothing was lost.
+    backup: Path | None = None
+    replaced_keyframes: int | None = None  #: keyframes of the replaced map (None: no map, or unreadable)
+    warnings: tuple[str, ...] = ()  #: problems after the commit (the new map is in place)
+
+    def summary(self) -> str:
+        """One line: what was saved where, with or without thumbnails, and where the replaced
+        map was kept."""
+        text = f"saved {_count(self.keyframes, 'keyframe')} to {self.path} (generation {self.generation})"
+        text += f" with {_count(self.thumbnails, 'verification thumbnail')}" if self.thumbnails is not None else \
+            f" without verification thumbnails ({self.thumbnails_note})"
+        if self.backup is not None:
+            old = "an unreadable map" if self.replaced_keyframes is None else \
+                f"{_count(self.replaced_keyframes, 'keyframe')}, not all in the new map"
+            text += f"; the replaced map ({old}) is kept in {self.backup} (load it with database_path:={self.backup})"
+        if self.warnings:
+            text += "; warning: " + "; ".join(self.warnings)
+        return text
 
 
 class LoopClosurePipeline:
@@ -82,24 +137,45 @@ class LoopClosurePipeline:
             )
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
             self.detector = LoopDetector(cfg.detector, self.database)
-            self._load_thumbnails(Path(path) / THUMBNAILS_FILE)
-            self._poses.load(path, self._stamps_by_id())
+            self._load_thumbnails(Path(path))
+            self._load_pose_features(Path(path))
         else:
             self.reset()
 
     def _stamps_by_id(self) -> dict[int, int]:
         return dict(enumerate(int(s) for s in self.database.stamps_ns()))
 
-    def _load_thumbnails(self, file: Path) -> None:
+    def _load_thumbnails(self, path: Path) -> None:
         # Without them, geometric verification against the loaded map has nothing to compare with.
         store = self.detector.thumbnails
-        if store is None or not file.is_file():
+        if store is None:
             return
+        stamps = self._stamps_by_id()
         try:
-            n = store.load(file, self._stamps_by_id())
-            log.info("loaded %d verification thumbnails from %s", n, file)
-        except ValueError as exc:
-            log.warning("%s; verification against the loaded map follows detector.verify_missing_thumbnail", exc)
+            found = read_attachment(path, THUMBNAILS, store.max_file_bytes(len(stamps)))
+            if found is not None:
+                n = store.load(found[1], stamps, name=str(found[0]))
+            elif os.path.lexists(path / LEGACY_THUMBNAILS_FILE):  # saved before they were committed with the map
+                n = store.load(path / LEGACY_THUMBNAILS_FILE, stamps)
+            else:
+                return
+            log.info("loaded %d verification thumbnails of the map in %s", n, path)
+        except (OSError, ValueError) as exc:  # DatabaseError too. A cache: the map loads without it
+            log.warning("verification thumbnails not loaded: %s; the map is loaded without them, so verification "
+                        "against it follows detector.verify_missing_thumbnail", exc)
+
+
+    def _load_pose_features(self, path: Path) -> None:
+        # Without them, candidates against the loaded map get no relative pose; the map still loads.
+        stamps = self._stamps_by_id()
+        try:
+            found = read_attachment(path, POSE_FEATURES, self._poses.max_file_bytes(len(stamps)))
+            if found is None:
+                return
+            n = self._poses.load(found[1], stamps, name=str(found[0]))
+            log.info("loaded pose features of %d keyframes of the map in %s", n, path)
+        except (OSError, ValueError) as exc:  # DatabaseError too
+            log.warning("pose features not loaded: %s; loop candidates against the loaded map get no relative pose", exc)
 
     # -- frames
 
@@ -206,20 +282,32 @@ class LoopClosurePipeline:
         store = self._color_thumbs if color else self.detector.thumbnails
         return store.get(keyframe_id) if store is not None else None
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Save the database (atomically) to ``path`` or the configured ``database_path``, with the
-        verification thumbnails beside it when verification is on."""
+    def save(self, path: str | Path | None = None) -> SaveReport:
+        """Save the map to ``path`` or the configured ``database_path``, with the verification
+        thumbnails when verification is on: both are committed together or not at all.
+
+        A replaced map holding keyframes this one lacks (e.g. after :meth:`reset`) is kept as
+        ``<path>/previous`` first. Returns a :class:`SaveReport`. When the save fails (a full
+        disk, no backup possible), raises :class:`DatabaseError` saying that nothing was saved
+        and what the folder holds now."""
         target = path or self.cfg.node.database_path
         if not target:
             raise ValueError("no database path: set 'database_path' or pass a path")
-        self.database.save(target)
-        thumbs = Path(target) / THUMBNAILS_FILE
-        if self.detector.thumbnails is not None:
-            write_bytes_atomic(thumbs, self.detector.thumbnails.to_bytes(self._stamps_by_id()))
-        else:
-            thumbs.unlink(missing_ok=True)  # an older file would describe another state of the map
-        self._poses.save(target, self._stamps_by_id())
-        return Path(target)
+        target = Path(target)
+        store = self.detector.thumbnails
+        stamps = self._stamps_by_id()
+        attachments = {THUMBNAILS: store.to_bytes(stamps)} if store is not None else {}
+        if self._poses.stored:  # committed with the map, like the thumbnails
+            attachments[POSE_FEATURES] = self._poses.to_bytes(stamps)
+        try:
+            saved = self.database.save(target, attachments)
+        except (OSError, RuntimeError) as exc:  # a full disk, an unwritable folder, faiss failing to write
+            why = f"{exc.strerror} ({Path(exc.filename).name})" if isinstance(exc, OSError) and exc.strerror \
+                and exc.filename else str(exc) or type(exc).__name__
+            raise DatabaseError(f"{why}: nothing was saved; {describe_saved(target)}") from exc
+        return SaveReport(target, saved.generation, saved.count, len(store) if store is not None else None,
+                          "" if store is not None else "verification is off", saved.backup, saved.replaced_count,
+                          saved.warnings)
 
     def update_detector_config(self, config: DetectorConfig) -> None:
         """Apply new detector thresholds from the next frame on, keeping the detector's state (last
@@ -230,7 +318,8 @@ class LoopClosurePipeline:
         self.cfg = dataclasses.replace(self.cfg, detector=config)
 
     def reset(self) -> None:
-        """Forget every keyframe and the detector's history (the saved file is not touched)."""
+        """Forget every keyframe and the detector's history. The saved map is not touched; a later
+        :meth:`save` replaces it but keeps it in ``<path>/previous`` (see :class:`SaveReport`)."""
         self.database = KeyframeDatabase.from_config(self.encoder.dim, self.cfg.database, self.encoder.model_name)
         self.detector = LoopDetector(self.cfg.detector, self.database)
         if self._color_thumbs is not None:

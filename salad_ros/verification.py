@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import fileio, npzfile
+
 #: Local feature types :class:`GeometricVerifier` understands.
 FEATURES = ("orb", "sift")
 
@@ -237,18 +239,36 @@ class ThumbnailStore:
                  sizes=np.array([len(b) for b in blobs], np.int64), data=np.frombuffer(b"".join(blobs), np.uint8))
         return buf.getvalue()
 
-    def load(self, path: str | os.PathLike[str], stamps_ns: dict[int, int]) -> int:
-        """Add the thumbnails saved in ``path`` whose id and stamp match ``stamps_ns`` (the map they
-        are loaded for); returns how many. A damaged file raises ValueError naming it."""
+    def max_file_bytes(self, entries: int) -> int:
+        """Largest saved file :meth:`load` reads for a map of ``entries`` keyframes: twice this
+        store's byte budget, 24 bytes per keyframe and slack (a file saved with a larger budget
+        is refused, not truncated)."""
+        return 2 * self.max_bytes + (1 << 20) + 32 * entries + (1 << 16)
+
+    def load(self, source: str | os.PathLike[str] | bytes, stamps_ns: dict[int, int], name: str | None = None) -> int:
+        """Add the thumbnails saved in ``source`` (a file written from :meth:`to_bytes`, or its
+        bytes) whose id and stamp match ``stamps_ns`` (the map they are loaded for); returns how
+        many. The file is a cache and may be damaged or hostile: it must be a regular file of at
+        most twice this store's byte budget (plus slack), hold exactly the four 1-D int64/uint8
+        arrays, at most one entry per keyframe of the map, with consistent sizes; anything else
+        raises ValueError naming it (or ``name``), and nothing is added."""
+        name = name or ("thumbnail bytes" if isinstance(source, (bytes, bytearray)) else str(source))
+        entries = len(stamps_ns)
+        data_limit = 2 * self.max_bytes + (1 << 20)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                ids, stamps, sizes, data = (z[k] for k in ("ids", "stamps_ns", "sizes", "data"))
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path}: not a thumbnail file ({exc})") from exc
-        ends = np.cumsum(sizes)
-        if not (len(ids) == len(stamps) == len(sizes)) or (len(ends) and ends[-1] != len(data)) or (sizes < 0).any():
-            raise ValueError(f"{path}: inconsistent thumbnail file")
+            raw = bytes(source) if isinstance(source, (bytes, bytearray)) else \
+                fileio.read_regular(source, self.max_file_bytes(entries))
+            z = npzfile.read_npz(raw, {
+                "ids": npzfile.Member("i", (None,), 8, entries), "stamps_ns": npzfile.Member("i", (None,), 8, entries),
+                "sizes": npzfile.Member("i", (None,), 8, entries), "data": npzfile.Member("u", (None,), 1, data_limit)})
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{name}: not a thumbnail file ({exc})") from exc
+        ids, stamps, sizes, data = z["ids"], z["stamps_ns"], z["sizes"], z["data"]
+        if not (len(ids) == len(stamps) == len(sizes)) or (sizes < 0).any() or (sizes > len(data)).any() \
+                or int(sizes.sum()) != len(data):
+            raise ValueError(f"{name}: inconsistent thumbnail file (ids, stamps and sizes disagree with the data)")
         loaded = 0
+        ends = np.cumsum(sizes)
         for key, stamp, end, size in zip(ids.tolist(), stamps.tolist(), ends.tolist(), sizes.tolist()):
             if stamps_ns.get(key) == stamp:
                 self._insert(key, data[end - size:end].tobytes())

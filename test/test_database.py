@@ -323,7 +323,7 @@ def test_load_refuses_other_dimension_and_model(tmp_path: Path) -> None:
     man = json.loads((d / "manifest.json").read_text())
     man["dim"] = 64
     (d / "manifest.json").write_text(json.dumps(man))
-    _refused(d, "dimension 32")
+    _refused(d, "dimension 32|too small for 20 keyframes of dimension 64")
     (tmp_path / "empty").mkdir()
     _refused(tmp_path / "empty", "no manifest.json")
 
@@ -410,3 +410,20 @@ def test_process_killed_mid_save_leaves_previous_loadable(tmp_path: Path) -> Non
         np.testing.assert_array_equal(a, b)
     reloaded.save(d)  # the next save cleans the leftovers
     assert not any(".tmp" in p.name for p in d.iterdir())
+
+
+def test_save_that_loses_keyframes_keeps_the_replaced_map(tmp_path: Path) -> None:
+    """Saving a map that lacks keyframes of the one on disk keeps that one in previous/ (loadable);
+    a map that only grew replaces the old one without a backup."""
+    d = tmp_path / "db"
+    big, x = filled(30)
+    assert big.save(d).backup is None
+    grown = KeyframeDatabase.load(d)
+    grown.add(x[:2], [10**12, 10**12 + 1])
+    assert grown.save(d).backup is None and not (d / "previous").exists()
+    small, _ = filled(5, seed=1)
+    saved = small.save(d)
+    assert saved.backup == d / "previous" and (saved.count, saved.replaced_count) == (5, 32)
+    assert len(KeyframeDatabase.load(d)) == 5 and len(KeyframeDatabase.load(d / "previous")) == 32
+    assert sorted(p.name for p in (d / "previous").iterdir()) == [
+        "index-000002.faiss", "keyframes-000002.npz", "manifest.json", "records-000002.json"]

@@ -157,10 +157,9 @@ def test_message_field_helpers():
 
 def test_verification_thumbnails_survive_a_saved_map(tmp_path):
     """Multi-session with geometric verification: the second session verifies its revisit
-    against the first session's keyframe thumbnails, saved beside the database."""
+    against the first session's keyframe thumbnails, saved with the database."""
     from _db_helpers import textured_scene
-
-    from salad_ros.pipeline import THUMBNAILS_FILE
+    from _hostile import manifest_files, replace_data_file
 
     scenes = [textured_scene(s, 240, 320) for s in range(3)]
     path = tmp_path / "map"
@@ -169,7 +168,8 @@ def test_verification_thumbnails_survive_a_saved_map(tmp_path):
     first = LoopClosurePipeline(cfg)
     first.process_batch(scenes, [i * 10**9 for i in range(3)])
     first.save()
-    assert (path / THUMBNAILS_FILE).is_file()
+    thumbs = path / manifest_files(path)["thumbnails"]["name"]  # committed with the map
+    assert thumbs.is_file()
 
     second = LoopClosurePipeline(cfg, encoder=first.encoder)
     assert len(second.detector.thumbnails) == 3 and second.thumbnail(2) is not None
@@ -183,10 +183,10 @@ def test_verification_thumbnails_survive_a_saved_map(tmp_path):
                                                        "detector.verify": True}), encoder=first.encoder)
     third.process_batch(scenes, [7 * 10**9 + i for i in range(3)])
     third.save()
-    (other / THUMBNAILS_FILE).write_bytes((path / THUMBNAILS_FILE).read_bytes())
+    replace_data_file(other, "thumbnails", thumbs.read_bytes())
     fourth = LoopClosurePipeline(third.cfg, encoder=first.encoder)
     assert len(fourth.detector.thumbnails) == 0
 
-    # A damaged thumbnail file is a warning, not a refused map.
-    (other / THUMBNAILS_FILE).write_bytes(b"garbage")
+    # A damaged thumbnail file is a warning, not a refused map (more cases: test_saved_map.py).
+    replace_data_file(other, "thumbnails", b"garbage")
     assert len(LoopClosurePipeline(third.cfg, encoder=first.encoder).database) == 3

@@ -117,3 +117,23 @@ def test_thumbnail_store_bounded_by_bytes() -> None:
     tiny = ThumbnailStore(max_count=10, max_bytes=10, max_side=320)  # smaller than one thumbnail
     tiny.put(0, img)
     assert len(tiny) == 0 and tiny.nbytes() == 0
+
+
+@pytest.mark.timeout(30)
+def test_thumbnail_store_load_checks_the_file(tmp_path) -> None:
+    """A saved store reloads from a file or its bytes; a FIFO or a file of another map's keyframes
+    is not read (no blocking), and a rejected file adds nothing."""
+    store = ThumbnailStore(10, 1 << 20, 64)
+    for i in range(3):
+        store.put(i, textured_scene(i, 96, 128))
+    raw = store.to_bytes({0: 5, 1: 6, 2: 7})
+    (tmp_path / "t.npz").write_bytes(raw)
+    assert ThumbnailStore(10, 1 << 20, 64).load(tmp_path / "t.npz", {0: 5, 1: 6, 2: 7}) == 3
+    assert ThumbnailStore(10, 1 << 20, 64).load(raw, {0: 5, 1: 6, 9: 7}) == 2
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(ValueError, match="FIFO"):
+        ThumbnailStore(10, 1 << 20, 64).load(tmp_path / "fifo.npz", {0: 5})
+    fresh = ThumbnailStore(10, 1 << 20, 64)
+    with pytest.raises(ValueError, match="ids.npy has shape"):  # 3 thumbnails for a 2-keyframe map
+        fresh.load(raw, {0: 5, 1: 6})
+    assert len(fresh) == 0

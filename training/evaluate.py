@@ -109,14 +109,15 @@ def compute_descriptors(
     return out, bad
 
 
-def search(query: np.ndarray, database: np.ndarray, k: int) -> np.ndarray:
-    """Database indices ranked by inner product, ``[num_queries, min(k, len(database))]``."""
+def search(query: np.ndarray, database: np.ndarray, k: int, with_scores: bool = False):
+    """Database indices ranked by inner product, ``[num_queries, min(k, len(database))]``; with
+    ``with_scores`` also their inner products (cosine similarities of unit descriptors)."""
     import faiss  # imported here: only evaluation needs it
 
     index = faiss.IndexFlatIP(database.shape[1])
     index.add(np.ascontiguousarray(database, dtype=np.float32))
-    _, ranked = index.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(database)))
-    return ranked
+    scores, ranked = index.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(database)))
+    return (ranked, scores) if with_scores else ranked
 
 
 def recalls_from_ranking(ranked: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int]) -> dict[int, float]:
@@ -266,37 +267,49 @@ def format_table(name: str, results: dict, ks: Sequence[int] = DEFAULT_KS) -> st
     return f"{head}\n{row}"
 
 
-def save_retrieval_figure(bench: Benchmark, ranked: np.ndarray, path: str | Path, num_queries: int = 8, top: int = 3) -> Path:
-    """PNG of the first ``num_queries`` queries and their top ``top`` retrievals (green right, red wrong)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display on training machines
-    import matplotlib.pyplot as plt
+def save_retrieval_figure(bench: Benchmark, ranked: np.ndarray, path: str | Path, num_queries: int = 8, top: int = 3,
+                          scores: np.ndarray | None = None) -> Path:
+    """PNG of the first ``num_queries`` queries and their top ``top`` retrievals: each titled
+    with its rank, cosine similarity (``scores``, same shape as ``ranked``) and right/wrong
+    (green/red frame and text), and the file name, in print-readable sizes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = min(num_queries, len(bench.query_paths))
     top = min(top, ranked.shape[1])
-    fig, axes = plt.subplots(n, top + 1, figsize=(2.6 * (top + 1), 2.2 * n), squeeze=False)
+    fig = Figure(figsize=(3.2 * (top + 1), 3.0 * n + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, top + 1, squeeze=False)
     for qi in range(n):
-        cells = [(bench.query_paths[qi], "query", "black")]
+        positives = set(bench.positives[qi].tolist())
+        cells = [(bench.query_paths[qi], f"query {qi}", "black")]
         for r in range(top):
             j = int(ranked[qi, r])
-            right = j in set(bench.positives[qi].tolist())
-            cells.append((bench.db_paths[j], f"#{r + 1} {'right' if right else 'wrong'}", "green" if right else "red"))
+            right = j in positives
+            score = "" if scores is None else f"  cos {float(scores[qi, r]):.3f}"
+            cells.append((bench.db_paths[j], f"#{r + 1}{score}  {'RIGHT' if right else 'WRONG'}",
+                          "#1a7f37" if right else "#c62828"))
         for ax, (p, title, colour) in zip(axes[qi], cells):
             img = read_rgb(p)
             ax.imshow(img if img is not None else np.zeros((8, 8, 3), np.uint8))
-            ax.set_title(f"{title}\n{Path(p).name[:28]}", fontsize=7, color=colour)
+            ax.set_title(title, fontsize=11, color=colour, fontweight="bold" if colour != "black" else "normal", pad=3)
+            ax.set_xlabel(_short_name(Path(p).name), fontsize=8, color="#333333", labelpad=2)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
-                spine.set_linewidth(4 if colour != "black" else 1)
-    fig.tight_layout()
+                spine.set_linewidth(5 if colour != "black" else 1)
+    fig.suptitle(f"{bench.name}: first {n} queries, top {top} retrievals (green frame = a true positive, "
+                 "red = not; cos = cosine similarity)", fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=100)
     return path
+
+
+def _short_name(name: str, width: int = 34) -> str:
+    """A file name fitted to ``width`` characters, keeping its start and end."""
+    return name if len(name) <= width else name[: width // 2 - 1] + "\u2026" + name[-(width // 2):]
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -380,18 +393,19 @@ def prepare(args: argparse.Namespace) -> tuple[Benchmark, DinoSalad, torch.devic
 
 
 def run(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, device: torch.device, ks: list[int],
-        out_dir: Path) -> tuple[dict, np.ndarray]:
-    """Descriptors, ranking, recalls and (with ``--submission``) the prediction file."""
+        out_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Descriptors, ranking (indices and cosine similarities), recalls and (with
+    ``--submission``) the prediction file."""
     cache_dir = None if args.no_cache else Path(args.cache_dir or out_dir / "cache")
     weights_id = weights_identity(None if args.weights == "random" else args.weights) if cache_dir else None
     db, queries, bad = benchmark_descriptors(model, bench, args.image_size, device, args.batch_size,
                                              args.num_workers, args.amp, cache_dir, weights_id)
-    ranked = search(queries, db, max(max(ks), args.submission_k if args.submission else 0))
+    ranked, scores = search(queries, db, max(max(ks), args.submission_k if args.submission else 0), with_scores=True)
     results = score_benchmark(bench, ranked[:, :max(ks)], bad, ks)
     if args.submission:
         sub = write_submission(args.submission, bench, ranked[:, :args.submission_k])
         log.info("MSLS-challenge prediction file (top %d per query): %s", min(args.submission_k, len(db)), sub)
-    return results, ranked[:, :max(ks)]
+    return results, ranked[:, :max(ks)], scores[:, :max(ks)]
 
 
 def build_report(args: argparse.Namespace, bench: Benchmark, model: DinoSalad, results: dict, ks: list[int]) -> dict:
@@ -449,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s (%s layout): %d queries, %d database images; model %s at %d px",
              bench.name, bench.layout, len(bench.query_paths), len(bench.db_paths), model.variant, args.image_size)
-    results, ranked = run(args, bench, model, device, ks, out_dir)
+    results, ranked, scores = run(args, bench, model, device, ks, out_dir)
     report = build_report(args, bench, model, results, ks)
     if report["random_weights"]:
         print("WARNING: RANDOM WEIGHTS - these recalls are not a measure of SALAD", file=sys.stderr)
@@ -458,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_counts(report))
     (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.figure_queries > 0 and bench.ground_truth:
-        fig = save_retrieval_figure(bench, ranked, out_dir / "retrievals.png", args.figure_queries)
+        fig = save_retrieval_figure(bench, ranked, out_dir / "retrievals.png", args.figure_queries, scores=scores)
         log.info("retrieval figure: %s", fig)
     log.info("results: %s", out_dir / "results.json")
     return 0

@@ -8,7 +8,10 @@ One job per module:
 * :mod:`.table`     - the keyframe records (stamps, poses, frame ids, metadata), :class:`Keyframe`;
 * :mod:`.keyframes` - :class:`KeyframeDatabase`: add, lookup, search (with the exclusion rule of
   :mod:`salad_ros.exclusions`), save and load;
-* :mod:`.storage`   - the generational, checksummed on-disk format (``FORMAT_NAME``).
+* :mod:`.storage`   - the generational, checksummed on-disk format (``FORMAT_NAME``): save with
+  attachments (the verification thumbnails) committed together, bounded and hostile-safe load;
+* :mod:`.backup`    - ``previous/``: the one backup of a replaced map that held keyframes the new
+  one lacks.
 
 Poses come from :mod:`salad_ros.geometry`, atomic writes and hashes from :mod:`salad_ros.fileio`;
 both are re-exported here for existing callers. This package imports no rclpy.

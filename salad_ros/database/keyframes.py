@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -261,11 +260,13 @@ class KeyframeDatabase:
 
     # ----- persistence
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the database to ``directory`` atomically (see :mod:`salad_ros.database.storage`);
-        returns it. Adds and searches wait until the files are written."""
+    def save(self, directory: str | os.PathLike[str], attachments: Mapping[str, bytes] | None = None) -> storage.Saved:
+        """Write the database, with ``attachments`` committed together with it (e.g. the
+        verification thumbnails), to ``directory`` atomically; a replaced map holding keyframes
+        this one lacks is kept as ``previous/`` (see :mod:`salad_ros.database.storage` and
+        :mod:`.backup`). Returns what was written. Adds and searches wait until it is done."""
         with self._lock:
-            return storage.save(directory, self._contents())
+            return storage.save(directory, self._contents(), attachments)
 
     def _contents(self) -> storage.Contents:
         t = self._table

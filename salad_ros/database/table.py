@@ -17,6 +17,8 @@ from salad_ros.geometry import Pose, pose_to_row, row_to_pose
 
 #: Largest JSON size of one keyframe's metadata dict: the table is for small annotations.
 MAX_METADATA_BYTES = 16 * 1024
+#: Longest frame id (ROS frame ids are short names); bounds what a saved map may hold.
+MAX_FRAME_ID_CHARS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,8 @@ def check_rows(n: int, stamps_ns: Any, frame_ids: str | Sequence[str] | None,
         fids = [str(f) for f in frame_ids]
         if len(fids) != n:
             raise ValueError(f"got {n} descriptors but {len(fids)} frame_ids")
+    if fids and max(len(f) for f in fids) > MAX_FRAME_ID_CHARS:
+        raise ValueError(f"a frame_id is longer than {MAX_FRAME_ID_CHARS} characters")
     if poses is None:
         pose_rows = np.full((n, 7), np.nan)
     else:

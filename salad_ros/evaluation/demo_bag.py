@@ -519,7 +519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.out_dir).exists():
         print(f"salad_demo_bag: {args.out_dir} exists already; remove it or choose another directory", file=sys.stderr)
         return 2
-    photos = load_photos(args.photos) if args.photos else []
+    if args.photos and not Path(args.photos).is_dir():
+        print(f"salad_demo_bag: error: --photos {args.photos}: no such folder", file=sys.stderr)
+        return 2
+    try:
+        photos = load_photos(args.photos) if args.photos else []
+    except OSError as exc:  # e.g. a folder it may not read
+        print(f"salad_demo_bag: error: --photos {args.photos}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if args.photos and not photos:
         print(f"salad_demo_bag: no readable jpg/png images in {args.photos}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from .metrics import PRCurve
@@ -58,42 +59,72 @@ def plot_trajectory(
     edges: Sequence[tuple[int, int, bool | None]],
     path: str | Path,
     title: str = "",
+    trajectory_s: np.ndarray | None = None,
 ) -> Path:
-    """Ground-truth path (x-y) with keyframes and loop edges ``(query, match, correct)``
-    between keyframe indices: correct green, wrong red, unknown (no pose) grey."""
-    fig = Figure(figsize=(6.4, 6.2), layout="constrained")
-    ax = fig.add_subplot()
-    if len(trajectory_xy):
-        ax.plot(trajectory_xy[:, 0], trajectory_xy[:, 1], "-", color="#bbbbbb", lw=1, label="ground truth", zorder=1)
-        ax.plot(trajectory_xy[0, 0], trajectory_xy[0, 1], "k^", ms=7, label="start", zorder=4)
-    ok = ~np.isnan(keyframe_xy).any(axis=1) if len(keyframe_xy) else np.zeros(0, bool)
-    ax.plot(keyframe_xy[ok, 0], keyframe_xy[ok, 1], ".", color="#4575b4", ms=3, label=f"keyframes ({len(keyframe_xy)})",
-            zorder=2)
+    """Ground-truth path (x-y) with keyframes and loop edges ``(query, match, correct)`` between
+    keyframe indices, in two panels so that hundreds of candidates stay readable: true edges
+    (green) on the left, false ones (red) on the right. Per query only its first edge of each
+    kind is drawn (its best true and best false accepted candidate: give them best first); the
+    titles count all of them. With
+    ``trajectory_s`` (seconds from the start, one per path point) the path is coloured by time,
+    so laps over the same streets can be told apart."""
+    fig = Figure(figsize=(13.0, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     counts = {True: 0, False: 0, None: 0}
-    # Fainter lines when there are many, so the path and the true edges stay visible.
-    alpha = 0.85 if len(edges) <= 100 else max(0.15, 0.85 * (100 / len(edges)) ** 0.5)
+    drawn: dict[bool | None, list[tuple[int, int]]] = {True: [], False: [], None: []}
+    seen: set[tuple[int, bool | None]] = set()
     for q, j, correct in edges:
-        a, b = keyframe_xy[q], keyframe_xy[j]
-        if np.isnan(a).any() or np.isnan(b).any():
-            counts[None] += 1
-            continue
-        counts[correct] += 1
-        color = TRUE_COLOR if correct else FALSE_COLOR if correct is False else UNKNOWN_COLOR
-        # True edges on top: they are usually the fewer and the ones worth seeing.
-        ax.plot([a[0], b[0]], [a[1], b[1]], "-", color=color, lw=1.4, alpha=0.85 if correct else alpha,
-                zorder=4 if correct else 3)
-    # Legend entries for the edge colours even when a kind is absent, so the reader knows.
-    ax.plot([], [], "-", color=TRUE_COLOR, lw=2, label=f"true loop candidates ({counts[True]})")
-    ax.plot([], [], "-", color=FALSE_COLOR, lw=2, label=f"false loop candidates ({counts[False]})")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel("x [m]")
-    ax.set_ylabel("y [m]")
-    ax.grid(alpha=0.3)
-    # Below the axes: the path fills the plot, a legend inside would hide part of it.
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=9)
+        unknown = np.isnan(keyframe_xy[q]).any() or np.isnan(keyframe_xy[j]).any()
+        kind = None if unknown else correct
+        counts[kind] += 1
+        if (q, kind) not in seen:  # the query's best candidate of this kind
+            seen.add((q, kind))
+            drawn[kind].append((q, j))
+    ok = ~np.isnan(keyframe_xy).any(axis=1) if len(keyframe_xy) else np.zeros(0, bool)
+    colour_bar = None
+    for ax, kind, colour, name in ((axes[0], True, TRUE_COLOR, "true"), (axes[1], False, FALSE_COLOR, "false")):
+        colour_bar = _path(ax, trajectory_xy, trajectory_s) or colour_bar
+        ax.plot(keyframe_xy[ok, 0], keyframe_xy[ok, 1], ".", color="#4d4d4d", ms=2.5, zorder=2,
+                label=f"keyframes ({len(keyframe_xy)})")
+        lines = [(keyframe_xy[q], keyframe_xy[j]) for q, j in drawn[kind]]
+        if lines:
+            alpha = 0.9 if len(lines) <= 40 else max(0.2, 0.9 * (40 / len(lines)) ** 0.5)
+            ax.add_collection(LineCollection(lines, colors=colour, linewidths=1.3, alpha=alpha, zorder=3))
+            starts, ends = np.array([a for a, _ in lines]), np.array([b for _, b in lines])
+            # Markers at both ends: a true edge is short (within the loop radius), a line alone hides.
+            ax.plot(starts[:, 0], starts[:, 1], ".", color=colour, ms=5, zorder=4)
+            ax.plot(ends[:, 0], ends[:, 1], "o", mfc="none", mec=colour, ms=6, mew=1.0, zorder=4)
+        ax.plot([], [], "-", color=colour, lw=2, label=f"best {name} candidate of {len(lines)} queries (\u2022 query, o match)")
+        if len(trajectory_xy):
+            ax.plot(trajectory_xy[0, 0], trajectory_xy[0, 1], "k^", ms=8, zorder=5, label="start")
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel("x [m]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+        ax.set_title(f"{counts[kind]} {name} loop candidate{'' if counts[kind] == 1 else 's'} accepted", fontsize=10,
+                     color=colour)
+    axes[0].set_ylabel("y [m]")
+    if colour_bar is not None:
+        fig.colorbar(colour_bar, ax=axes, shrink=0.7, label="ground-truth path: time from start [s]")
+    suptitle = title + (f"   ({counts[None]} candidates without a pose not drawn)" if counts[None] else "")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     return _save(fig, path)
+
+
+def _path(ax, xy: np.ndarray, seconds: np.ndarray | None):
+    """The ground-truth path, coloured by time when ``seconds`` is given (returns the mappable)."""
+    if not len(xy):
+        return None
+    if seconds is None or len(seconds) != len(xy) or len(xy) < 2:
+        ax.plot(xy[:, 0], xy[:, 1], "-", color="#bbbbbb", lw=1.2, zorder=1)
+        return None
+    segments = np.stack([xy[:-1], xy[1:]], axis=1)
+    lc = LineCollection(segments, cmap="viridis", linewidths=2.0, alpha=0.55, zorder=1)
+    lc.set_array(np.asarray(seconds[:-1], dtype=float))
+    ax.add_collection(lc)
+    ax.autoscale_view()
+    return lc
 
 
 def plot_similarity(

@@ -274,6 +274,8 @@ def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
     with BagReader(args.bag) as reader:
         if reader.salvaged:
             print(f"salad_replay: warning: {args.bag}: {reader.salvaged}", file=sys.stderr)
+        if reader.damaged:
+            print(f"salad_replay: warning: {args.bag}: {reader.damaged}", file=sys.stderr)
         info = reader.require_topic(args.image_topic, IMAGE_TYPES, "image topic")
         if args.gt_topic:
             reader.require_topic(args.gt_topic, POSE_TYPES, "ground-truth topic")
@@ -308,7 +310,8 @@ def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
                                       not args.no_progress)
         result = ReplayRun(records, stats, info.count, None if gt is None else gt.source, poses.missing,
                            reader.undecodable, reader.first_undecodable, wall, model_s, pipeline.describe(),
-                           pipeline.model_name, pipeline.random_weights, pipeline, companion_summary(inputs))
+                           pipeline.model_name, pipeline.random_weights, pipeline, companion_summary(inputs),
+                           reader.damaged, reader.integrity)
     return result, gt
 
 

@@ -59,6 +59,8 @@ class ReplayRun:
     pipeline: Any = None
     #: Bad or missing camera_info / depth per kind (empty without those topics).
     pose_inputs: dict[str, int] = field(default_factory=dict)
+    bag_damage: str | None = None  #: damaged mcap chunks skipped (see BagReader.damaged)
+    bag_integrity: str = ""  #: what the reader could verify (e.g. chunk checksums)
 
 
 class PoseLookup:

@@ -21,6 +21,7 @@ from ..exclusions import SearchExclusions
 from ..io.trajectory import Trajectory, yaw_of
 from ..params import to_flat_dict
 from . import metrics as M
+from .diagnosis import describe_cuts, few_keyframes, keyframe_cuts, no_loop_cause
 from .replay_loop import FrameRecord, ReplayRun, ReplaySettings
 
 RECALL_KS = (1, 5, 10)
@@ -49,6 +50,10 @@ class Evaluation:
     #: report.json's ``relative_pose`` section (None: no camera_info given) and its samples (.pose_eval)
     relative_pose: dict[str, Any] | None = None
     pose_samples: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Frames the keyframe rules cut, by rule (a ``detector.*`` parameter), most first.
+    cuts: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Why no query keyframe has a true loop (None when some do, or without ground truth).
+    no_loop_cause: str | None = None
 
 
 def evaluate_records(records: list[FrameRecord], cfg: Any, has_gt: bool, radius: float, max_yaw: float | None,
@@ -64,8 +69,9 @@ def evaluate_records(records: list[FrameRecord], cfg: Any, has_gt: bool, radius:
         if p is not None:
             pos[k] = (p.x, p.y, p.z)
             yaw[k] = float(yaw_of(p.qx, p.qy, p.qz, p.qw))
+    cuts = keyframe_cuts([r.result for r in records])
     if not has_gt:
-        return Evaluation(kf, pos, yaw, None, None, row_of)
+        return Evaluation(kf, pos, yaw, None, None, row_of, cuts=cuts)
     d = cfg.detector
     stamps = np.array([records[i].stamp_ns for i in kf], dtype=np.int64)
     eligible = M.eligible_matrix(stamps, pos if detector_poses else None,
@@ -81,7 +87,9 @@ def evaluate_records(records: list[FrameRecord], cfg: Any, has_gt: bool, radius:
         desc = np.stack([records[i].descriptor for i in kf])
         extend_matches(queries, desc, eligible, max(RECALL_KS))
     metrics = M.evaluate(queries, truth, ~np.isnan(pos).any(axis=1), RECALL_KS)
-    return Evaluation(kf, pos, yaw, truth, metrics, row_of)
+    cause = None if metrics.queries_with_loop else no_loop_cause(pos, eligible, radius, yaw, max_yaw, d, len(records),
+                                                                 cuts)
+    return Evaluation(kf, pos, yaw, truth, metrics, row_of, cuts=cuts, no_loop_cause=cause)
 
 
 def extend_matches(queries: list[M.QueryRecord], desc: np.ndarray, eligible: np.ndarray, k: int,
@@ -169,8 +177,9 @@ def make_plots(out: Path, records: list[FrameRecord], ev: Evaluation, gt: Trajec
                 if j >= 0:
                     ok = None if ev.truth is None or np.isnan(ev.positions[[k, j]]).any() else bool(ev.truth[k, j])
                     edges.append((k, j, ok))
+        seconds = (gt.stamps_ns[::step] - gt.stamps_ns[0]) * 1e-9
         files["trajectory_png"] = str(plots.plot_trajectory(gt.poses[::step, :2], ev.positions[:, :2], edges,
-                                                            out / "trajectory.png", title))
+                                                            out / "trajectory.png", title, seconds))
     if ev.keyframe_rows:
         # Long runs: plot every step-th keyframe (the matrix would not fit in memory or pixels).
         step = max(1, math.ceil(len(ev.keyframe_rows) / 1500))
@@ -199,7 +208,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [
         ("frames processed", f"{report['frames_processed']} of {report['image_messages']} images"
          + (f" (1 in {report['every']})" if report["every"] > 1 else "")),
-        ("keyframes", report["keyframes"]),
+        ("keyframes", describe_cuts(report["keyframes"], report["frames_processed"], report["keyframe_cuts"])),
         ("queries with a true loop", report["queries_with_loop"]),
         ("average precision", report["average_precision"]),
         ("max recall @ 100% precision", report["max_recall_at_100_precision"]),
@@ -273,7 +282,11 @@ def build_report(args: Any, settings: ReplaySettings, run: ReplayRun, ev: Evalua
         "first_undecodable": stats.first_bad or run.first_undecodable,
         "frames_without_pose": len(run.missing_pose),
         "frames_without_pose_stamps": [format_stamp(s) for s in run.missing_pose[:20]],
+        "keyframe_cuts": ev.cuts,
+        "no_loop_cause": ev.no_loop_cause,
         "bag_error": stats.error,
+        "bag_damage": run.bag_damage,
+        "bag_integrity": run.bag_integrity,
         "last_good_message_index": stats.last_good_index,
         "radius_m": args.radius,
         "max_yaw_deg": args.max_yaw,
@@ -310,7 +323,12 @@ def print_summary(report: dict[str, Any], report_path: Path, ev: Evaluation, rad
     if m is None:
         print("no ground truth given (--gt-topic or --gt-tum): metrics not computed")
     elif not m.queries_with_loop:
-        print(f"no query keyframe has a true loop within {radius} m: precision/recall are undefined")
+        print(f"no query keyframe has a true loop within {radius} m, so precision/recall are undefined. "
+              f"Likely cause: {ev.no_loop_cause}")
+    if few_keyframes(report["keyframes"], report["frames_processed"]) and ev.cuts and ev.no_loop_cause is None:
+        rule = next(iter(ev.cuts))
+        print(f"few keyframes: {describe_cuts(report['keyframes'], report['frames_processed'], ev.cuts)}"
+              + ("" if rule == "time_jump" else f"; detector.{rule} cut the most"))
     if report["random_weights"]:
         print("(random weights: these numbers are not a measure of SALAD)")
     labels = {"candidates_csv": "candidates", "keyframes_csv": "keyframes", "pr_curve_png": "PR curve",

@@ -85,33 +85,53 @@ class PoseFeatureStore:
                  counts=np.array([len(r) for r in recs], np.int64),
                  has_depth=np.array([r.depth is not None for r in recs], bool),
                  focal_px=np.array([r.focal_px for r in recs], np.float64),
-                 kind=np.array(first.kind if first else ""),
+                 kind=np.frombuffer((first.kind if first else "").encode("ascii"), np.uint8),
                  points=np.concatenate([r.points for r in recs]) if recs else np.empty((0, 2), np.float32),
                  descriptors=np.concatenate(desc) if recs else np.empty((0, 0), np.uint8),
                  depth=np.concatenate(depth) if recs else np.empty(0, np.float32))
         return buf.getvalue()
 
-    def load(self, path: str | os.PathLike[str], stamps_ns: dict[int, int]) -> int:
-        """Add the records saved in ``path`` whose id and stamp match ``stamps_ns``; returns how
-        many. A damaged file raises ValueError naming it."""
-        keys = ("ids", "stamps_ns", "counts", "has_depth", "focal_px", "kind", "points", "descriptors", "depth")
+    def max_file_bytes(self, entries: int) -> int:
+        """Largest file this store can have written for a map of ``entries`` keyframes."""
+        return 2 * self.max_bytes + 64 * max(entries, 1) + (1 << 20)
+
+    def load(self, source: str | os.PathLike[str] | bytes, stamps_ns: dict[int, int], name: str | None = None) -> int:
+        """Add the records saved in ``source`` (a file written from :meth:`to_bytes`, or its
+        bytes) whose id and stamp match ``stamps_ns``; returns how many. The file may be damaged
+        or hostile: it is read through the bounded npz reader (regular file, sizes bounded by
+        this store's budget and the map's keyframe count, every member's type and shape checked
+        before inflating); anything wrong raises ValueError naming it (or ``name``)."""
+        from .. import fileio, npzfile  # the store itself needs neither
+
+        name = name or ("pose feature bytes" if isinstance(source, (bytes, bytearray)) else str(source))
+        entries, limit = len(stamps_ns), self.max_file_bytes(len(stamps_ns))
+        n_feat = limit // 8  # no feature takes less than 8 bytes (its point)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                ids, stamps, counts, has_depth, focal, kind, points, desc, depth = (z[k] for k in keys)
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path}: not a pose feature file ({exc})") from exc
+            raw = bytes(source) if isinstance(source, (bytes, bytearray)) else fileio.read_regular(source, limit)
+            z = npzfile.read_npz(raw, {
+                "ids": npzfile.Member("i", (None,), 8, entries), "stamps_ns": npzfile.Member("i", (None,), 8, entries),
+                "counts": npzfile.Member("i", (None,), 8, entries), "has_depth": npzfile.Member("b", (None,), 1, entries),
+                "focal_px": npzfile.Member("f", (None,), 8, entries), "kind": npzfile.Member("u", (None,), 1, 16),
+                "points": npzfile.Member("f", (None, 2), 4, 2 * n_feat),
+                "descriptors": npzfile.Member("uf", (None, None), None, limit),
+                "depth": npzfile.Member("f", (None,), 4, n_feat)}, limit)
+            kind = z["kind"].tobytes().decode("ascii")
+        except (OSError, ValueError) as exc:  # NpzError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{name}: not a pose feature file ({exc})") from exc
+        ids, stamps, counts, has_depth, focal = (z[k] for k in ("ids", "stamps_ns", "counts", "has_depth", "focal_px"))
+        points, desc, depth = z["points"], z["descriptors"], z["depth"]
         ends = np.cumsum(counts)
         total = int(ends[-1]) if len(ends) else 0
         if not (len(ids) == len(stamps) == len(counts) == len(has_depth) == len(focal)) or (counts < 0).any() \
                 or not (len(points) == len(depth) == total) or (total and len(desc) != total):
-            raise ValueError(f"{path}: inconsistent pose feature file")
+            raise ValueError(f"{name}: inconsistent pose feature file")
         loaded = 0
         for i, (key, stamp) in enumerate(zip(ids.tolist(), stamps.tolist(), strict=True)):
             if stamps_ns.get(key) != stamp:
                 continue
             sl = slice(int(ends[i] - counts[i]), int(ends[i]))
             rec = PoseFeatures(points[sl].copy(), desc[sl].copy() if desc.size else None,
-                               depth[sl].copy() if has_depth[i] else None, str(kind), float(focal[i]))
+                               depth[sl].copy() if has_depth[i] else None, kind, float(focal[i]))
             self.put(key, rec)
             loaded += 1
         return loaded

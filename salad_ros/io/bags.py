@@ -5,8 +5,12 @@ file, sqlite3 or mcap storage. Errors are :class:`BagError` subclasses whose mes
 to do: a missing topic lists the topics the bag has, a truncated or damaged bag names the last
 message that was read intact.
 
+mcap chunks are checked against their CRC-32 when the bag is opened: damaged chunks are skipped
+and :attr:`BagReader.damaged` says which and how many messages they held (:mod:`.mcap_scan`).
+
 Writing (:class:`BagWriter` and the ``*_msg`` builders) is used by the demo generator and the
-tests; messages are ``rosbags`` message objects, the same ones the reader returns.
+tests; messages are ``rosbags`` message objects, the same ones the reader returns. mcap bags
+get chunk checksums (rosbags' writer leaves them out).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .images import rgb_to_jpeg, rgb_to_raw
+from .mcap_scan import McapScan, add_chunk_crcs, check_chunks
 from .messages import ns_to_sec_nanosec, stamp_to_ns
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -135,6 +140,11 @@ class BagReader:
         self.first_undecodable: str | None = None
         #: Set when the bag could only be read by a linear scan (an mcap without footer).
         self.salvaged: str | None = None
+        #: Set when mcap chunks fail their CRC check: those chunks are skipped, this says which
+        #: and how many messages they held (see :mod:`.mcap_scan`).
+        self.damaged: str | None = None
+        #: What could be verified (mcap: chunk checksums present or not); "" for sqlite3.
+        self.integrity = ""
 
     def __enter__(self) -> BagReader:
         self.open()
@@ -150,14 +160,26 @@ class BagReader:
             raise BagError(f"bag {self.path} does not exist")
         if self.path.is_file() and self.path.suffix not in (".mcap", ".db3"):
             raise BagError(f"{self.path} is not a rosbag2: give a bag directory or a .mcap or .db3 file")
+        mcap = self._mcap_file()
+        check = check_chunks(mcap) if mcap is not None else None
+        if check is not None:
+            self.integrity = check.integrity()
+            self.damaged = check.describe_damage()
+        if self.damaged:  # rosbags would stop at the first bad chunk: skip the damaged ones instead
+            reader: Any = McapScan(mcap, skip={c.offset for c in check.damaged})
+            if not reader.usable:
+                raise BagError(f"cannot open bag {self.path}: {self.damaged}; nothing else could be read")
+            if reader.problem:
+                self.salvaged = f"read by a linear scan, {reader.problem}"
+            self._reader = reader
+            return
         try:
             reader = AnyReader([self.path], default_typestore=default_typestore())
             reader.open()
         except Exception as exc:  # rosbags raises several unrelated types (ReaderError, sqlite, KeyError...)
             # A recorder that died leaves an mcap without its footer and index, which rosbags
             # refuses; the records before the cut are still readable by a linear scan.
-            mcap = self._mcap_file()
-            salvage = _McapScan(mcap) if mcap is not None else None
+            salvage = McapScan(mcap) if mcap is not None else None
             if salvage is None or not salvage.usable:
                 raise BagError(
                     f"cannot open bag {self.path}: {_describe(exc)} (no message could be read: "
@@ -274,159 +296,6 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-class _McapScan:
-    """Linear scan of a damaged mcap file (no footer/summary), duck-typing the bits of
-    ``AnyReader`` that :class:`BagReader` uses. Stops at the first incomplete record."""
-
-    _MAGIC = b"\x89MCAP0\r\n"
-
-    @dataclass
-    class _Conn:
-        id: int
-        topic: str
-        msgtype: str
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.connections: list[_McapScan._Conn] = []
-        self._schemas: dict[int, tuple[str, str, str]] = {}
-        self._counts: dict[int, int] = {}
-        self.problem = ""
-        try:
-            for _ in self._records(collect=True):
-                pass
-        except _ScanStop as stop:
-            self.problem = str(stop)
-        self.usable = bool(self.connections)
-        self._typestore = self._build_typestore()
-
-    def _build_typestore(self) -> Any:
-        from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-        store = get_typestore(Stores.EMPTY)
-        types: dict[str, Any] = dict(default_typestore().fielddefs)
-        for name, encoding, text in self._schemas.values():
-            if encoding == "ros2msg" and text:
-                try:
-                    types.update(get_types_from_msg(text, name))
-                except Exception:  # keep the built-in definition of that type
-                    pass
-        store.register(types)
-        return store
-
-    @property
-    def topics(self) -> dict[str, Any]:
-        from types import SimpleNamespace
-
-        return {
-            c.topic: SimpleNamespace(msgtype=c.msgtype, msgcount=self._counts.get(c.id, 0)) for c in self.connections
-        }
-
-    def messages(self, connections: Collection[Any]) -> Iterator[tuple[Any, int, bytes]]:
-        wanted = {c.id: c for c in connections}
-        try:
-            for channel_id, log_time, data in self._records(collect=False):
-                if channel_id in wanted:
-                    yield wanted[channel_id], log_time, data
-        except _ScanStop as stop:
-            raise BagError(str(stop)) from None
-
-    def deserialize(self, raw: bytes, msgtype: str) -> Any:
-        return self._typestore.deserialize_cdr(raw, msgtype)
-
-    def close(self) -> None:
-        pass
-
-    def _records(self, collect: bool) -> Iterator[tuple[int, int, bytes]]:
-        """Message records (channel id, log time, data), chunks expanded; raises _ScanStop."""
-        import struct
-
-        data = self.path.read_bytes()
-        if data[:8] != self._MAGIC:
-            raise _ScanStop("the file does not start with the mcap magic")
-        # (buffer, position, end, what to say when this buffer is exhausted: None = fine)
-        stack: list[tuple[bytes, int, int, str | None]] = [(data, 8, len(data), None)]
-        while stack:
-            buf, pos, end, cut = stack.pop()
-            while pos < end:
-                here = f"byte {pos}" if buf is data else f"byte {pos} of a chunk"
-                if pos + 9 > end:
-                    raise _ScanStop(f"it ends inside a record header at {here}")
-                op = buf[pos]
-                (length,) = struct.unpack_from("<Q", buf, pos + 1)
-                body_start, body_end = pos + 9, pos + 9 + length
-                partial = body_end > end
-                if partial and (op != 0x06 or buf is not data or end - body_start < 40):
-                    raise _ScanStop(f"it ends inside a record at {here}")
-                body = memoryview(buf)[body_start:min(body_end, end)]
-                pos = min(body_end, end)
-                if op == 0x03 and collect:
-                    sid = struct.unpack_from("<H", body, 0)[0]
-                    name, off = _mcap_str(body, 2)
-                    encoding, off = _mcap_str(body, off)
-                    text, _ = _mcap_str(body, off)
-                    self._schemas[sid] = (name, encoding, text)
-                elif op == 0x04 and collect:
-                    cid, sid = struct.unpack_from("<HH", body, 0)
-                    topic, _ = _mcap_str(body, 4)
-                    name = self._schemas.get(sid, ("", "", ""))[0]
-                    if cid not in {c.id for c in self.connections}:
-                        self.connections.append(self._Conn(cid, topic, name))
-                elif op == 0x05:
-                    cid = struct.unpack_from("<H", body, 0)[0]
-                    (log_time,) = struct.unpack_from("<Q", body, 6)
-                    if collect:
-                        self._counts[cid] = self._counts.get(cid, 0) + 1
-                    else:
-                        yield cid, int(log_time), bytes(body[22:])
-                elif op == 0x06:
-                    # A recorder killed mid-chunk leaves the chunk cut short: its records up to
-                    # the cut are still good (uncompressed, or zstd decoded as a stream).
-                    _, _, size, _ = struct.unpack_from("<QQQI", body, 0)
-                    compression, off = _mcap_str(body, 28)
-                    (csize,) = struct.unpack_from("<Q", body, off)
-                    payload = bytes(body[off + 8 : off + 8 + csize])
-                    inner = _decompress(payload, compression, size, partial)
-                    stack.append((buf, pos, end, cut))
-                    where = f"it ends inside the chunk at byte {body_start - 9}"
-                    buf, pos, end, cut = inner, 0, len(inner), where if partial else None
-                elif op == 0x0F:  # data end: the summary section follows
-                    return
-            if cut:
-                raise _ScanStop(cut)
-
-
-def _decompress(payload: bytes, compression: str, size: int, partial: bool) -> bytes:
-    """Decompress an mcap chunk; for a cut-off chunk, as much as the bytes present give."""
-    try:
-        if compression == "":
-            return payload
-        if compression == "zstd":
-            try:
-                from compression import zstd  # type: ignore[import-not-found]  # Python >= 3.14
-            except ImportError:
-                from backports import zstd  # type: ignore[import-not-found,no-redef]
-            return zstd.ZstdDecompressor().decompress(payload) if partial else zstd.decompress(payload)
-        if compression == "lz4" and not partial:
-            from lz4.frame import decompress  # type: ignore[import-untyped]
-
-            return decompress(payload)
-    except Exception as exc:
-        raise _ScanStop(f"a {compression} chunk cannot be decompressed ({exc})") from None
-    raise _ScanStop(f"a cut-off {compression} chunk cannot be read")
-
-
-class _ScanStop(Exception):
-    pass
-
-
-def _mcap_str(body: memoryview, offset: int) -> tuple[str, int]:
-    import struct
-
-    (n,) = struct.unpack_from("<I", body, offset)
-    return bytes(body[offset + 4 : offset + 4 + n]).decode(), offset + 4 + n
-
-
 # --------------------------------------------------------------------------------------------
 # Writing
 
@@ -458,6 +327,9 @@ class BagWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            if self.storage == "mcap" and exc_type is None:
+                for mcap in self.path.glob("*.mcap"):  # rosbags writes no chunk checksums: add them
+                    add_chunk_crcs(mcap)
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=default_typestore())

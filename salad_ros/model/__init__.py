@@ -11,8 +11,10 @@ from .dinosalad import (
     CheckpointError,
     DinoSalad,
     build_model,
+    check_state,
     load_model,
     load_state,
+    read_checkpoint,
     read_state_dict,
     resolve_device,
     variant_dims,
@@ -24,6 +26,6 @@ from .salad import SALAD, assignment_log_probs, log_sinkhorn
 __all__ = [
     "BACKBONES", "DINOV2_URLS", "IMAGENET_MEAN", "IMAGENET_STD", "PATCH_SIZE", "SALAD", "SALAD_RELEASE_URL",
     "VARIANTS", "CheckpointError", "DinoSalad", "DinoV2Backbone", "assignment_log_probs", "backbone_spec",
-    "build_model", "grid_size", "input_size", "load_model", "load_state", "log_sinkhorn", "preprocess",
-    "read_state_dict", "resolve_device", "variant_dims", "weights_file",
+    "build_model", "check_state", "grid_size", "input_size", "load_model", "load_state", "log_sinkhorn", "preprocess",
+    "read_checkpoint", "read_state_dict", "resolve_device", "variant_dims", "weights_file",
 ]

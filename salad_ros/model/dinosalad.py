@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -128,6 +129,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a flat state dict or a training checkpoint holding one under ``state_dict``.
     """
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_state_dict`, plus the other top-level entries of a training checkpoint
+    (``config``, ``epoch``, ...; empty for a flat state dict)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
@@ -135,27 +142,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign pickle can fail in any unpickler step
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a loadable PyTorch weights file ({first})") from exc
+        raise CheckpointError(f"{path} is not a loadable PyTorch weights file ({first.split('. ')[0]})") from exc
+    extra: dict[str, Any] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        extra = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path} is not a state dict of tensors: first offending entries {bad[:5]}")
-    return dict(obj)
+    return dict(obj), extra
 
 
 def _is_backbone_only(state: Mapping[str, torch.Tensor]) -> bool:
     return "cls_token" in state and not any(k.startswith(("backbone.", "aggregator.")) for k in state)
 
 
-def load_state(model: DinoSalad, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model`` after checking keys and shapes; errors name ``source``.
-
-    A DINOv2 backbone-only file (keys ``cls_token``, ``blocks.N...``) fills the backbone and
-    leaves the aggregator at its random initialisation, with a warning.
-    """
+def check_state(model: DinoSalad, state: Mapping[str, torch.Tensor], source: str) -> bool:
+    """Check that ``state`` fits ``model`` (keys and shapes; ``model`` may live on the meta
+    device); raises :class:`CheckpointError` naming ``source``. Returns True for a DINOv2
+    backbone-only file (keys ``cls_token``, ``blocks.N...``), which fits the backbone alone."""
     backbone_only = _is_backbone_only(state)
     if backbone_only:
         state = {f"backbone.model.{k}": v for k, v in state.items()}
@@ -176,6 +183,19 @@ def load_state(model: DinoSalad, state: Mapping[str, torch.Tensor], source: str)
         raise CheckpointError(
             f"{source} does not match model {model.variant}: {len(wrong)} tensors of wrong shape, first {wrong[:3]}"
         )
+    return backbone_only
+
+
+def load_state(model: DinoSalad, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` after checking keys and shapes (:func:`check_state`);
+    errors name ``source``.
+
+    A DINOv2 backbone-only file (keys ``cls_token``, ``blocks.N...``) fills the backbone and
+    leaves the aggregator at its random initialisation, with a warning.
+    """
+    backbone_only = check_state(model, state, source)
+    if backbone_only:
+        state = {f"backbone.model.{k}": v for k, v in state.items()}
     model.load_state_dict(state, strict=not backbone_only)
     if backbone_only:
         log.warning("%s holds only DINOv2 backbone weights: the SALAD aggregator is randomly initialised", source)
