@@ -25,7 +25,7 @@ from _pose_scenes import rotation_error_deg as rot_err  # noqa: E402
 from salad_ros.config import load_config  # noqa: E402
 from salad_ros.geometry.camera import CameraModel  # noqa: E402
 from salad_ros.geometry.transforms import invert_transform, make_transform, transform_from_xyz_quat  # noqa: E402
-from salad_ros.loop_pose import POSE_FEATURES_FILE, PoseSettings, pose_columns  # noqa: E402
+from salad_ros.loop_pose import PoseSettings, pose_columns  # noqa: E402
 from salad_ros.params import ConfigError  # noqa: E402
 from salad_ros.pipeline import LoopClosurePipeline  # noqa: E402
 from salad_ros.relative_pose import STATUS_DIRECTION, STATUS_METRIC, STATUS_NONE, RelativePose  # noqa: E402
@@ -180,7 +180,7 @@ def test_second_session_gets_poses_against_the_saved_map(tmp_path):
     first = pipeline((0, 1), database_path=str(path))
     run(first, frames[:2])
     first.save()
-    assert (path / POSE_FEATURES_FILE).is_file()
+    assert len(list(path.glob("pose_features-*.npz"))) == 1  # committed with the map's generation
     second = pipeline((0,), database_path=str(path))
     assert second.keyframe_count == 2 and second.pose_stats()["stored_keyframes"] == 2
     rgb, depth = frames[2]
@@ -197,7 +197,7 @@ def test_second_session_gets_poses_against_the_saved_map(tmp_path):
     second.reset()
     assert second.pose_stats()["stored_keyframes"] == 0 and second.relative_pose(2, 0) is None
     second.save(tmp_path / "empty")
-    assert not (tmp_path / "empty" / POSE_FEATURES_FILE).exists()
+    assert not list((tmp_path / "empty").glob("pose_features-*.npz"))
 
 
 def test_damaged_or_foreign_pose_features_are_a_warning(tmp_path, caplog):
@@ -206,7 +206,8 @@ def test_damaged_or_foreign_pose_features_are_a_warning(tmp_path, caplog):
     first = pipeline((0, 1), database_path=str(path))
     run(first, frames[:2])
     first.save()
-    (path / POSE_FEATURES_FILE).write_bytes(b"not an npz file")
+    (attachment,) = path.glob("pose_features-*.npz")
+    attachment.write_bytes(b"not an npz file")
     second = pipeline((0,), database_path=str(path))
     assert second.keyframe_count == 2 and second.pose_stats()["stored_keyframes"] == 0
     assert "pose feature" in caplog.text

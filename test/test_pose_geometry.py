@@ -248,6 +248,26 @@ def test_store_saves_and_loads_for_the_right_map(tmp_path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"not npz")
     with pytest.raises(ValueError, match="bad.npz: not a pose feature file"):
         loaded.load(tmp_path / "bad.npz", {})
+    assert loaded.load(path.read_bytes(), {1: 100}) == 1  # the map attachment's bytes load the same
+
+
+def test_store_refuses_files_beyond_its_budget_before_inflating(tmp_path) -> None:
+    """A hostile or foreign file can't make the store allocate more than its budget allows."""
+    big = PoseFeatureStore(10, 10**8)
+    big.put(1, _record(200_000, 1))  # 8.8 MB of features: more than a 100 kB store could ever write
+    data = big.to_bytes({1: 100})
+    small = PoseFeatureStore(10, 100_000)
+    with pytest.raises(ValueError, match="not a pose feature file"):
+        small.load(data, {1: 100})
+    assert len(small) == 0
+    import io as _io
+
+    buf = _io.BytesIO()  # an object array (a pickle) where numbers belong
+    np.savez(buf, ids=np.array([1], object), stamps_ns=np.array([100]), counts=np.array([0]), has_depth=np.array([False]),
+             focal_px=np.array([1.0]), kind=np.frombuffer(b"orb", np.uint8), points=np.zeros((0, 2), np.float32),
+             descriptors=np.zeros((0, 32), np.uint8), depth=np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="not a pose feature file"):
+        small.load(buf.getvalue(), {1: 100})
 
 
 # --- solvers on exact correspondences ---------------------------------------------------------

@@ -104,7 +104,9 @@ class PoseFeatureStore:
         from .. import fileio, npzfile  # the store itself needs neither
 
         name = name or ("pose feature bytes" if isinstance(source, (bytes, bytearray)) else str(source))
-        entries, limit = len(stamps_ns), self.max_file_bytes(len(stamps_ns))
+        # a file holds at most one record per keyframe of its map, which this store could hold
+        entries = max(len(stamps_ns), self.max_count)
+        limit = self.max_file_bytes(entries)
         n_feat = limit // 8  # no feature takes less than 8 bytes (its point)
         try:
             raw = bytes(source) if isinstance(source, (bytes, bytearray)) else fileio.read_regular(source, limit)
