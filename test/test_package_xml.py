@@ -4,6 +4,7 @@ and training tools) and never a second OpenCV beside python3-opencv."""
 
 from __future__ import annotations
 
+import ast
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,7 +33,11 @@ def _imported_modules(*folders: str) -> set[str]:
     names: set[str] = set()
     for folder in folders:
         for path in (ROOT / folder).rglob("*.py"):
-            names |= set(re.findall(r"^\s*(?:from|import) ([a-zA-Z_]\w*)", path.read_text(), re.M))
+            for node in ast.walk(ast.parse(path.read_text())):  # real imports, not prose that starts "from the"
+                if isinstance(node, ast.Import):
+                    names |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
     return names
 
 
