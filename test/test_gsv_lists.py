@@ -313,7 +313,7 @@ def test_training_val_dataset_takes_root_and_prefix(known, tmp_path, weights):
         cv2.imwrite(str(folder / part / "f_00001.png"), texture(0))
     p = train_mod.build_parser()
     args = p.parse_args(["--data-root", str(tmp_path), "--out", str(tmp_path / "run"), "--backbone", "dinov2_vits14",
-                         "--variant", "salad-544", "--image-size", "70", "--num-workers", "0", "--no-progress",
+                         "--descriptor", "salad-544", "--image-size", "70", "--num-workers", "0", "--no-progress",
                          "--val-dataset", str(root), str(prefix), "--val-dataset", str(folder)])
     train_mod.check_args(p, args)
     sets = train_mod.load_val_sets(args)

@@ -31,7 +31,7 @@ CITY = "Testville"
 #: quick aggregator-only check; with this one they are wide (see the test).
 DATA_SEED = 3
 # The small, fast model used throughout: 70 px = 5 x 5 patches > 16 clusters.
-SMALL = ["--backbone", "dinov2_vits14", "--variant", "salad-544", "--image-size", "70", "--device", "cpu",
+SMALL = ["--backbone", "dinov2_vits14", "--descriptor", "salad-544", "--image-size", "70", "--device", "cpu",
          "--init", "random", "--no-progress"]
 
 

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,6 +48,7 @@ from salad_ros.model import (
 )
 
 from .benchmarks import LAYOUTS, Benchmark, load_benchmark
+from .cli import DeprecatedAlias
 from .data import read_rgb, worker_init
 
 log = logging.getLogger("training.evaluate")
@@ -312,15 +312,6 @@ def _short_name(name: str, width: int = 34) -> str:
     return name if len(name) <= width else name[: width // 2 - 1] + "\u2026" + name[-(width // 2):]
 
 
-class _DeprecatedAlias(argparse.Action):
-    """An old option name that still works but warns (``--variant`` for ``--descriptor``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        # warn_explicit: one clean line naming the tool, not argparse's internals
-        warnings.warn_explicit(f"{option_string} is deprecated; use --descriptor", FutureWarning, parser.prog, 0)
-        setattr(namespace, self.dest, values)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line; defaults are the paper's evaluation setting."""
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
@@ -329,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights file (flat or training checkpoint), 'hub' for the released SALAD weights, 'random'")
     p.add_argument("--backbone", default="dinov2_vitb14", choices=sorted(BACKBONES))
     p.add_argument("--descriptor", default="salad-8448", choices=sorted(VARIANTS), help="descriptor variant")
-    p.add_argument("--variant", dest="descriptor", choices=sorted(VARIANTS), action=_DeprecatedAlias,
+    p.add_argument("--variant", dest="descriptor", choices=sorted(VARIANTS), action=DeprecatedAlias,
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--image-size", type=int, default=322, help="square input size, multiple of 14 (paper: 322)")
     p.add_argument("--dataset", required=True,

@@ -37,7 +37,7 @@ log = logging.getLogger("training.train")
 
 def init_model(args: argparse.Namespace) -> tuple[DinoSalad, str]:
     """The model at its starting weights and a description of where they came from."""
-    kw = {"backbone": args.backbone, "variant": args.variant,
+    kw = {"backbone": args.backbone, "variant": args.descriptor,
           "num_trainable_blocks": args.num_trainable_blocks, "dropout": args.dropout}
     init = args.init
     if init == "auto":
@@ -56,7 +56,7 @@ def init_model(args: argparse.Namespace) -> tuple[DinoSalad, str]:
         banner = "!" * 78
         log.warning("%s\n!!! TRAINING FROM A RANDOMLY INITIALISED BACKBONE: results will be far below the paper.\n"
                     "!!! Use --init hub:dinov2 (needs internet once) or --init <dinov2 weights file>.\n%s", banner, banner)
-        return build_model(args.backbone, args.variant, num_trainable_blocks=args.num_trainable_blocks,
+        return build_model(args.backbone, args.descriptor, num_trainable_blocks=args.num_trainable_blocks,
                            dropout=args.dropout), "random"
     return load_model(init, **kw), init
 
@@ -255,7 +255,7 @@ class _Run:
         resume_path = resolve_resume(args, self.out)
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path else None
         if ckpt is not None:
-            self.model = build_model(args.backbone, args.variant, num_trainable_blocks=args.num_trainable_blocks,
+            self.model = build_model(args.backbone, args.descriptor, num_trainable_blocks=args.num_trainable_blocks,
                                      dropout=args.dropout)
             mismatch = {k: (ckpt["config"][k], v) for k, v in model_config(self.model).items()
                         if k in MODEL_KEYS and ckpt["config"].get(k) != v}
@@ -300,7 +300,7 @@ class _Run:
         log.info("model %s (%s init), %.1fM trainable parameters; %d places from %d cities; %d steps/epoch x %d epochs; "
                  "%d process(es) on %s, amp %s", self.model.variant, self.init_source, n_train / 1e6, len(self.dataset),
                  len(self.cities), self.steps_per_epoch, args.epochs, info.world_size, self.device, self.dtype)
-        self.config = {**model_config(self.model), "image_size": args.image_size, "variant": args.variant}
+        self.config = {**model_config(self.model), "image_size": args.image_size, "descriptor": args.descriptor}
         self.run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         if info.main:
             (self.out / "config.json").write_text(
@@ -418,7 +418,7 @@ class _Run:
             if final.is_file():
                 weights, _ = export_weights(final, out / "weights.pth")
                 log.info("exported %s -> %s (load_model(path, backbone=%r, variant=%r))", final.name, weights,
-                         self.args.backbone, self.args.variant)
+                         self.args.backbone, self.args.descriptor)
             if bad_all.events:
                 log.warning("%d unreadable training images (%d distinct files; %d places resampled), e.g. %s",
                             bad_all.events, len(bad_all.paths), bad_all.resampled, sorted(bad_all.paths)[:5])

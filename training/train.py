@@ -29,6 +29,7 @@ import sys
 from salad_ros.model import BACKBONES, VARIANTS, CheckpointError, input_size, variant_dims
 
 from .checkpoints import MODEL_KEYS, export_weights, save_checkpoint
+from .cli import DeprecatedAlias
 from .run import load_val_sets, train, validate
 
 __all__ = ["MODEL_KEYS", "build_parser", "check_args", "export_weights", "load_val_sets", "main", "save_checkpoint",
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="dinov2_vitb14", choices=sorted(BACKBONES))
-    g.add_argument("--variant", default="salad-8448", choices=sorted(VARIANTS), help="descriptor shape (m x l + g)")
+    g.add_argument("--descriptor", default="salad-8448", choices=sorted(VARIANTS), help="descriptor shape (m x l + g)")
+    g.add_argument("--variant", dest="descriptor", choices=sorted(VARIANTS), action=DeprecatedAlias,
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     g.add_argument("--num-trainable-blocks", type=int, default=4, help="last backbone blocks trained, the rest frozen")
     g.add_argument("--dropout", type=float, default=0.3)
     g.add_argument("--init", default="auto",
@@ -120,10 +123,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             input_size(size)
         except ValueError as exc:
             p.error(f"--{name.replace('_', '-')}: {exc}")
-        m = variant_dims(args.variant)[0]
+        m = variant_dims(args.descriptor)[0]
         if (size // 14) ** 2 <= m:
             p.error(f"--{name.replace('_', '-')} {size} gives {(size // 14) ** 2} patches, not more than the "
-                    f"{m} clusters of {args.variant}: use a larger image or a smaller variant")
+                    f"{m} clusters of {args.descriptor}: use a larger image or a smaller descriptor")
     for val in args.val_dataset:
         if len(val) > 2:
             p.error(f"--val-dataset takes a root and at most one list prefix, got {' '.join(val)}")
