@@ -363,6 +363,7 @@ def test_tensorrt_backend_says_why_it_cannot_run(tmp_path):
         create_encoder(ModelConfig(backend="tensorrt", engine=str(engine), **MODEL))
 
 
+@pytest.mark.gpu  # scripts/gpu_check.sh runs it on a CUDA machine
 @pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 def test_tensorrt_backend_refuses_onnx_and_engines_without_metadata(onnx_file, tmp_path):
     cfg = dict(MODEL, device="cuda")
