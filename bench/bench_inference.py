@@ -9,13 +9,15 @@ A *path* is a backend, a precision and a device (``--paths``; the first one is t
 
 For each backbone and input size, every path encodes the same uint8 images already at the input
 size (so the time is the network plus normalisation, not the resize) at each ``--batches`` size.
-Timing is round-robin: one call of every path per repeat, median over ``--repeats`` after
-``--warmup``, so load from other processes falls on all paths alike and ratios stay meaningful.
-Columns: ms per image per batch size, speed-up over the reference at the first batch size, the
-minimum cosine of the descriptors to the reference's (timing images and demo frames), and the top-1
-retrieval agreement with the reference on ``--frames`` frames of the demo bag's two laps: each
-frame's most similar other frame (frames within ``--exclude`` of it left out) must be the one the
-reference picks. Weights are the seeded random initialisation (speed does not depend on them).
+Timing is round-robin: one call of every path per repeat, ``--repeats`` times after ``--warmup``,
+so load from other processes falls on all paths alike. Each cell is the best call (what the path
+does when nothing disturbs it; on a shared machine medians swing several-fold with the load, and
+OpenMP's barriers in torch suffer most) and, in brackets, the median.
+Columns: ms per image per batch size, speed-up over the reference at the first batch size (best
+calls), the minimum cosine of the descriptors to the reference's (timing images and demo frames),
+and the top-1 retrieval agreement with the reference on ``--frames`` frames of the demo bag's two
+laps: each frame's most similar other frame (frames within ``--exclude`` of it left out) must be
+the one the reference picks. Weights are the seeded random initialisation (speed does not depend on them).
 Paths this machine cannot run (no native bf16, no CUDA, a missing package) are listed with the
 reason, not timed.
 
@@ -167,8 +169,9 @@ def encode_chunks(encoder: Encoder, images: Sequence[np.ndarray], chunk: int = 8
     return np.concatenate([encoder.encode(images[i:i + chunk]) for i in range(0, len(images), chunk)])
 
 
-def time_round_robin(encoders: Sequence[Encoder], images: list[np.ndarray], warmup: int, repeats: int) -> list[float]:
-    """Median seconds per ``encode(images)`` call of each encoder, calls interleaved."""
+def time_round_robin(encoders: Sequence[Encoder], images: list[np.ndarray], warmup: int,
+                     repeats: int) -> list[tuple[float, float]]:
+    """``(best, median)`` seconds per ``encode(images)`` call of each encoder, calls interleaved."""
     for enc in encoders:
         for _ in range(warmup):
             enc.encode(images)
@@ -178,7 +181,7 @@ def time_round_robin(encoders: Sequence[Encoder], images: list[np.ndarray], warm
             t0 = time.perf_counter()
             enc.encode(images)
             times[k].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return [(min(t), statistics.median(t)) for t in times]
 
 
 def build_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, object]], list[str]]:
@@ -218,13 +221,15 @@ def build_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, obj
                     skipped.append(f"{p.name} at {backbone}/{size}: {' '.join(str(exc).split())}")
             encoders = [e for _, e in built]
             ms: dict[int, list[float]] = {}
+            median_ms: dict[int, list[float]] = {}
             cosines = [math.inf] * len(encoders)
             for batch in args.batches:
                 images = synthetic_images(batch, size, seed=batch)
                 outs = [e.encode(images) for e in encoders]
                 cosines = [min(c, min_cosine(outs[0], o)) for c, o in zip(cosines, outs)]
                 seconds = time_round_robin(encoders, images, args.warmup, args.repeats)
-                ms[batch] = [1000 * s / batch for s in seconds]
+                ms[batch] = [1000 * best / batch for best, _ in seconds]
+                median_ms[batch] = [1000 * median / batch for _, median in seconds]
             agreement: list[float | None] = [None] * len(encoders)
             if frames:
                 descs = [encode_chunks(e, frames) for e in encoders]
@@ -234,6 +239,7 @@ def build_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, obj
                 rows.append(dict(
                     backbone=backbone, size=size, path=p.name, label=p.label, device=enc.device,
                     ms_per_image={str(b): ms[b][k] for b in args.batches},
+                    median_ms_per_image={str(b): median_ms[b][k] for b in args.batches},
                     speedup=ms[args.batches[0]][0] / ms[args.batches[0]][k],
                     min_cosine=cosines[k], top1_agreement=agreement[k], frames=len(frames),
                 ))
@@ -243,16 +249,17 @@ def build_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, obj
 
 
 def format_row(r: dict[str, object], batches: Sequence[int]) -> str:
-    ms = r["ms_per_image"]
+    ms, med = r["ms_per_image"], r.get("median_ms_per_image", {})
     agree = r.get("top1_agreement")
+    timings = [f"{ms[str(b)]:.0f}" + (f" ({med[str(b)]:.0f})" if str(b) in med else "") for b in batches]
     cells = [str(r["backbone"]).replace("dinov2_", ""), str(r["size"]), str(r["label"]),
-             *(f"{ms[str(b)]:.0f}" for b in batches), f"{r['speedup']:.2f}x", f"{r['min_cosine']:.6f}",
+             *timings, f"{r['speedup']:.2f}x", f"{r['min_cosine']:.6f}",
              "–" if agree is None else f"{agree:.3f} ({r['frames']})"]
     return "| " + " | ".join(cells) + " |"
 
 
 def format_table(rows: Sequence[dict[str, object]], batches: Sequence[int], reference: str) -> str:
-    head = ["backbone", "size", "path", *(f"ms/img b{b}" for b in batches), f"speed-up b{batches[0]}",
+    head = ["backbone", "size", "path", *(f"ms/img b{b}: best (median)" for b in batches), f"speed-up b{batches[0]}",
             f"min cosine vs {reference}", "top-1 agreement (frames)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + [format_row(r, batches) for r in rows])
@@ -314,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, skipped = build_rows(args, work)
     load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu_only else "none"
-    print(f"\n{machine_summary()}; GPU: {gpu}\nmedian of {args.repeats} round-robin calls after {args.warmup} warm-up; "
+    print(f"\n{machine_summary()}; GPU: {gpu}\nbest and median of {args.repeats} round-robin calls after {args.warmup} warm-up; "
           f"{time.time() - start:.0f} s in total; load average (1, 5, 15 min) at the start {load_start}, "
           f"at the end {load_end}\n")
     print(format_table(rows, args.batches, PATHS[args.paths[0]].label))
