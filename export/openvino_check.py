@@ -149,7 +149,7 @@ def choose_path(report: dict[str, object], cpu: str, openvino_version: str | Non
     timings = ", ".join([f"torch fp32 {report['torch_fp32_ms_per_image']:.0f}"]
                         + [f"openvino {p} {c['ms_per_image']:.0f}" + ("" if c["passed"] else " (failed)")
                            for p, c in checks.items()])
-    why = f"fastest verified path on this CPU ({timings} ms per image at batch 1)"
+    why = f"fastest verified path on this CPU when the file was checked ({timings} ms per image at batch 1)"
     if "bf16" not in checks:
         why += f"; bf16 not available: {report.get('bf16_skipped')}"
     return fastest, why
