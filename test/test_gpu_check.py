@@ -116,8 +116,9 @@ def test_gpu_table_lists_every_path_size_and_batch_and_refuses_gaps(tmp_path, ca
     assert "the GPU table is incomplete" in capsys.readouterr().err
 
 
-def test_bench_inference_rows_feed_the_table(tmp_path):
+def test_bench_inference_rows_feed_the_table(tmp_path, monkeypatch):
     """A real (tiny, CPU) bench_inference run writes the rows the GPU table reads."""
+    monkeypatch.setenv("SALAD_ROS_CACHE", str(tmp_path / "cache"))  # OpenVINO's compiled model: not in ~/.cache
     out = tmp_path / "rows.json"
     assert bench_inference.main(["--backbones", "dinov2_vits14", "--sizes", "70", "--batches", "1,2",
                                  "--descriptor", "salad-544", "--paths", "torch-fp32,openvino-fp32", "--repeats", "1",
