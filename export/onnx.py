@@ -1,12 +1,14 @@
-"""Export DINOv2 SALAD to ONNX and verify it against PyTorch with onnxruntime.
+"""Export DINOv2 SALAD to ONNX and verify it against PyTorch with onnxruntime (and OpenVINO).
 
     python -m export.onnx --weights dino_salad.ckpt --backbone dinov2_vitb14 --image-size 322 --out salad.onnx
+    python -m export.onnx ... --check-openvino     # also verify (and time) it in OpenVINO on this CPU
 
 The graph takes normalised float32 ``images [B, 3, S, S]`` (ImageNet mean/std already applied)
 and returns unit-norm ``descriptors [B, dim]``. Backbone, SALAD head (three Sinkhorn iterations,
 unrolled) and all normalisations are in it; the positional embedding is interpolated once for
 the export size and stored as a constant. Batch is dynamic unless ``--batch N`` fixes it.
-The file is only written if onnxruntime reproduces PyTorch within the thresholds.
+The file is only written if onnxruntime (and, with ``--check-openvino``, OpenVINO) reproduces
+PyTorch within the thresholds.
 """
 
 from __future__ import annotations
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cosine", type=float, help="override the cosine threshold (fp32 0.99999, fp16 0.999)")
     p.add_argument("--max-abs", type=float, help="override the max |diff| threshold (fp32 1e-4)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (not recommended)")
+    p.add_argument("--check-openvino", action="store_true",
+                   help="also verify the file in OpenVINO on this CPU (fp32, and bf16 where the CPU has it), time "
+                        "it against PyTorch and write <out>.openvino.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -280,7 +285,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--out {args.out} should end in .onnx")
     if args.verify_count < 2:
         parser.error("--verify-count must be at least 2")
+    if args.check_openvino and args.no_verify:
+        parser.error("--check-openvino verifies; it cannot be combined with --no-verify")
+    if args.check_openvino and args.precision != "fp32":
+        parser.error("--check-openvino needs an fp32 export (OpenVINO applies bf16 itself)")
     return args
+
+
+def _check_openvino(model: DinoSalad, path: Path, args: argparse.Namespace) -> dict[str, object]:
+    """``--check-openvino``: the staged file in OpenVINO, on the inputs of the onnxruntime check."""
+    from salad_ros.config import ConfigError
+
+    from .openvino_check import check_openvino, print_report
+
+    inputs = verification_inputs(args.image_size, args.verify_count, image_dir=args.images)
+    try:
+        report = check_openvino(model, path, inputs, fixed_batch=args.batch, min_cosine=args.min_cosine,
+                                max_abs=args.max_abs)
+    except ConfigError as exc:  # OpenVINO missing, or it cannot compile the file
+        fp32 = {"summary": f"FAIL: {exc}"}
+        return {"passed": False, "checks": {"fp32": fp32}}
+    print_report(report, args.verify_count)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not report.passed:
                 print(f"refusing to write {out}: {report.summary()}", file=sys.stderr)
                 return 1
+        ov_report = None
+        if args.check_openvino:
+            ov_report = _check_openvino(model, staging, args)
+            if not ov_report["passed"]:
+                print(f"refusing to write {out}: OpenVINO fp32 {ov_report['checks']['fp32']['summary']}", file=sys.stderr)
+                return 1
         move_into_place(staging, out)
+        if ov_report is not None:
+            from .openvino_check import write_report
+
+            ov_report["file"] = out.name
+            print(f"wrote {write_report(ov_report, out)}")
     finally:
         staging.unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {meta['model_name']}, {meta['descriptor_dim']}-D, "

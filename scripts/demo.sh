@@ -5,6 +5,11 @@
 #   scripts/demo.sh                                   # random ViT-S model: checks the pipeline, metrics meaningless
 #   WEIGHTS=path/to/dino_salad.ckpt scripts/demo.sh   # the released SALAD model (ViT-B, 322 px)
 #
+# Without WEIGHTS and without an NVIDIA GPU the random model is exported to ONNX once (demo_out/), verified
+# against PyTorch in onnxruntime and OpenVINO (fp32, and bf16 where the CPU has it) and timed; the replay
+# then runs the fastest verified path (say which and why), falling back to torch fp32 if any of that fails.
+# DEMO_BACKEND=torch skips the export and runs torch fp32.
+#
 # Environment: DEMO_OUT (default demo_out/), DEMO_FRAMES (default 160, only when the bag is made).
 # Extra arguments go to salad_replay, e.g. scripts/demo.sh --set detector.min_score=0.6
 set -euo pipefail
@@ -46,6 +51,28 @@ else
 [demo]   For real numbers: WEIGHTS=path/to/dino_salad.ckpt scripts/demo.sh
 MSG
   model=(--allow-random-weights --backbone dinov2_vits14 --image-size 224 --set detector.keyframe_max_similarity=1.0)
+  if [ "${DEMO_BACKEND:-auto}" = torch ]; then
+    echo "[demo] inference: torch fp32 (DEMO_BACKEND=torch)"
+  elif command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+    echo "[demo] inference: torch on the GPU (device auto)"
+  else
+    onnx="$out/salad_vits14_224_random.onnx"
+    report="$onnx.openvino.json"
+    if [ ! -f "$onnx" ] || [ ! -f "$report" ]; then
+      echo "[demo] no GPU: exporting the model to ONNX once and verifying it in onnxruntime and OpenVINO ($onnx)"
+      if ! (cd "$root" && "$bin/python" -m export.onnx --random-weights --backbone dinov2_vits14 --image-size 224 --out "$onnx" \
+          --check-openvino --quiet); then
+        echo "[demo] the export or its verification failed (see above): using torch fp32 instead"
+      fi
+    fi
+    IFS=$'\t' read -r path why < <(cd "$root" && "$bin/python" -m export.openvino_check choose "$report")
+    case "$path" in
+      openvino-bf16|openvino-fp32)
+        model+=(--set backend=openvino --set "engine=$onnx" --set "precision=${path#openvino-}") ;;
+      *) path=torch-fp32 ;;
+    esac
+    echo "[demo] inference: $path: $why"
+  fi
 fi
 
 # camera_info + aligned depth: loop candidates get relative poses, scored against the ground truth. The demo's

@@ -193,6 +193,41 @@ def test_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
     assert out.read_bytes() == b"onnx" and [p.name for p in tmp_path.iterdir()] == ["refused.onnx"]
 
 
+def test_check_openvino_verifies_times_and_reports_the_fastest_path(tmp_path, capsys, monkeypatch):
+    from export import openvino_check as ovc
+    from salad_ros.backends import cpu_features
+
+    out = tmp_path / "s70.onnx"
+    argv = ["--random-weights", "--backbone", "dinov2_vits14", "--descriptor", "salad-544", "--image-size", "70",
+            "--out", str(out), "--verify-count", "2", "--quiet", "--check-openvino"]
+    assert xonnx.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "OpenVINO 20" in text and "fp32 vs PyTorch on 2 inputs" in text and "fastest verified path here" in text
+    report = json.loads(ovc.report_path(out).read_text())
+    assert report["file"] == "s70.onnx" and report["passed"] and report["checks"]["fp32"]["max_abs"] < 1e-4
+    assert ("bf16" in report["checks"]) == (cpu_features.cpu_bf16_problem() is None)
+    assert report["fastest"] in ("torch-fp32", "openvino-fp32", "openvino-bf16")
+    # The demo's choice: the report's fastest path, on this machine only.
+    cpu, version = report["cpu"], report["openvino_version"]
+    assert ovc.choose_path(report, cpu, version)[0] == report["fastest"]
+    assert ovc.choose_path(report, "another CPU", version) == (
+        "torch-fp32", f"the OpenVINO check was made on {cpu} with OpenVINO {version}, not on this machine")
+    assert ovc.choose_path(report, cpu, None) == ("torch-fp32", "openvino is not installed")
+    assert ovc.choose_path({**report, "passed": False}, cpu, version)[0] == "torch-fp32"
+    assert ovc.main(["choose", str(ovc.report_path(out))]) == 0
+    assert capsys.readouterr().out.startswith(report["fastest"] + "\t")
+    assert ovc.main(["choose", str(tmp_path / "none.json")]) == 0
+    assert capsys.readouterr().out.startswith("torch-fp32\tno usable OpenVINO check report")
+    # A failed OpenVINO fp32 check writes neither the file nor the report.
+    refused = tmp_path / "refused.onnx"
+    failed = {**report["checks"]["fp32"], "passed": False, "summary": "FAIL: cosine 0.9 is below the required 0.99999"}
+    monkeypatch.setattr(ovc, "check_openvino", lambda *a, **k: {**report, "passed": False,
+                                                                "checks": {**report["checks"], "fp32": failed}})
+    assert xonnx.main([*argv[:-6], "--out", str(refused), "--verify-count", "2", "--quiet", "--check-openvino"]) == 1
+    assert "refusing to write" in capsys.readouterr().err
+    assert not refused.exists() and not ovc.report_path(refused).exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--image-size", "100"], "multiple of 14"),
     (["--image-size", "112"], "more patches than its 64 clusters"),
@@ -200,6 +235,8 @@ def test_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
     (["--batch", "0"], "positive"),
     (["--batch", "many"], "'dynamic' or a positive integer"),
     (["--weights", "/nonexistent.ckpt"], "file not found: /nonexistent.ckpt"),
+    (["--check-openvino", "--no-verify"], "cannot be combined with --no-verify"),
+    (["--check-openvino", "--precision", "fp16"], "needs an fp32 export"),
 ])
 def test_export_cli_rejects_bad_arguments(argv, message, capsys):
     base = ["--out", "x.onnx"] + ([] if "--weights" in argv else ["--random-weights"])
@@ -489,6 +526,7 @@ def test_tensorrt_cli_says_why_it_cannot_run(exported, tmp_path, capsys):
 # TensorRT on a GPU
 
 
+@pytest.mark.gpu  # scripts/gpu_check.sh runs these on a CUDA machine
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 def test_tensorrt_engine_matches_pytorch_on_gpu(exported, tmp_path, precision):
@@ -511,6 +549,7 @@ def test_tensorrt_engine_matches_pytorch_on_gpu(exported, tmp_path, precision):
     assert check_agreement(torch_enc.encode(images), trt_enc.encode(images), THRESHOLDS[precision][0]).passed
 
 
+@pytest.mark.gpu  # scripts/gpu_check.sh runs these on a CUDA machine
 @needs_trt
 def test_tensorrt_refuses_engine_that_fails_the_check(exported, tmp_path):
     out = tmp_path / "strict.engine"

@@ -1,11 +1,13 @@
 """Inference backends: one interface, ``encode(uint8 images) -> descriptors``.
 
 ``backend`` selects the implementation: ``torch`` (CPU/CUDA, fp32/fp16/bf16), and, where the
-export package's runtimes are installed, ``onnxruntime`` and ``tensorrt``. All share the same
-preprocessing (:func:`salad_ros.model.preprocess`), so descriptors are comparable across them.
+export package's runtimes are installed, ``onnxruntime``, ``openvino`` (CPU, fp32/bf16) and
+``tensorrt``. All share the same preprocessing (:func:`salad_ros.model.preprocess`), so descriptors
+are comparable across them.
 
 Modules: :mod:`.model_config` (what to run), :mod:`.encoder` (the interface), :mod:`.factory`
-(building one), :mod:`.contract` (what an exported model must look like), then one module per backend.
+(building one), :mod:`.contract` (what an exported model must look like), :mod:`.cpu_features` (native
+bf16 on this CPU?), then one module per backend.
 """
 
 from ..descriptors import l2_normalize

@@ -31,10 +31,17 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, read without loading its weights."""
+    """``metadata_props`` of an ONNX file, read without loading its weights; a file that is not
+    ONNX (corrupt, truncated, another format) is a :class:`ConfigError` naming ``engine``."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends share no useful base
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(
+            f"parameter 'engine': {path} is not a readable ONNX file ({detail}); re-export it with 'python -m export.onnx'"
+        ) from exc
     return {p.key: p.value for p in model.metadata_props}
 
 

@@ -17,6 +17,10 @@ def create_encoder(cfg: ModelConfig) -> Encoder:
         from .onnxruntime_backend import OnnxRuntimeEncoder
 
         return OnnxRuntimeEncoder(cfg)
+    if cfg.backend == "openvino":
+        from .openvino_backend import OpenVINOEncoder
+
+        return OpenVINOEncoder(cfg)
     if cfg.backend == "tensorrt":
         from .tensorrt_backend import TensorRTEncoder
 

@@ -12,7 +12,7 @@ from ..params import ConfigError, check_fields, param
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass
@@ -27,9 +27,12 @@ class ModelConfig:
     descriptor: str = param("salad-8448", "Descriptor variant (clusters x dim + token)", choices=tuple(VARIANTS))
     image_size: int = param(322, "Square network input size in pixels, a multiple of 14", range=(56, 1022))
     device: str = param("auto", "Inference device: auto (CUDA when available), cpu, cuda or cuda:N")
-    precision: str = param("fp32", "Inference precision; fp16/bf16 need CUDA", choices=("fp32", "fp16", "bf16"))
+    precision: str = param(
+        "fp32", "Inference precision; fp16 needs CUDA/TensorRT; bf16 needs CUDA or a CPU with native bf16 "
+        "(torch, openvino)", choices=("fp32", "fp16", "bf16"),
+    )
     backend: str = param("torch", "Inference backend", choices=BACKENDS)
-    engine: str = param("", "Exported model for the onnxruntime (.onnx) or tensorrt (.engine) backend")
+    engine: str = param("", "Exported model for the onnxruntime or openvino (.onnx) or tensorrt (.engine) backend")
     batch_size: int = param(8, "Images per forward pass in offline replay (the live node encodes one)", range=(1, 256))
 
     def __post_init__(self) -> None:
@@ -47,6 +50,11 @@ class ModelConfig:
                 )
         elif not self.engine:
             raise ConfigError(f"parameter 'engine': backend '{self.backend}' needs an exported model file")
+        if self.backend == "openvino":
+            if self.precision == "fp16":
+                raise ConfigError("parameter 'precision': fp16 needs CUDA or TensorRT; backend openvino computes in fp32 or bf16")
+            if self.device not in ("auto", "cpu"):
+                raise ConfigError(f"parameter 'device': backend openvino runs on the CPU, got {self.device}; set device: cpu")
 
     @property
     def model_file(self) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..descriptors import l2_normalize
 from ..model import preprocess
@@ -79,6 +80,8 @@ class OnnxRuntimeEncoder(Encoder):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about pruned initializers are noise here
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # torch's thread count (OMP_NUM_THREADS where set): one knob for every CPU backend.
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if INPUT_NAME not in inputs or OUTPUT_NAME not in {o.name for o in self.session.get_outputs()}:

@@ -1,4 +1,5 @@
-"""PyTorch inference backend (CPU or CUDA; fp32, or fp16/bf16 autocast on CUDA)."""
+"""PyTorch inference backend (CPU or CUDA; fp32, fp16 autocast on CUDA, bf16 autocast on CUDA or on a
+CPU with native bf16 arithmetic, see :mod:`.cpu_features`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..descriptors import l2_normalize
 from ..fileio import file_fingerprint
 from ..model import load_model, preprocess, resolve_device, variant_dims, weights_file
 from ..params import ConfigError
+from .cpu_features import require_cpu_bf16
 from .encoder import Encoder
 from .model_config import ModelConfig
 
@@ -28,8 +30,10 @@ class TorchEncoder(Encoder):
             self._device = resolve_device(cfg.device)
         except RuntimeError as exc:
             raise ConfigError(f"parameter 'device': {exc}") from exc
-        if cfg.precision != "fp32" and self._device.type != "cuda":
-            raise ConfigError(f"parameter 'precision': {cfg.precision} needs a CUDA device, running on {self._device}")
+        if cfg.precision == "fp16" and self._device.type != "cuda":
+            raise ConfigError(f"parameter 'precision': fp16 needs a CUDA device (or TensorRT), running on {self._device}")
+        if cfg.precision == "bf16" and self._device.type == "cpu":
+            require_cpu_bf16("torch")
         m, l, g = variant_dims(cfg.descriptor)
         self.model = load_model(
             cfg.weights or None, cfg.backbone, m, l, g, self._device, num_trainable_blocks=0
