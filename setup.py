@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            "loop_closure_node = salad_ros.node:main",
+            "loop_closure_node = salad_ros.node_main:main",
             "salad_replay = salad_ros.evaluation.replay:main",
             "salad_demo_bag = salad_ros.evaluation.demo_bag:main",
             "salad_train = salad_ros_training.train:main",

@@ -54,8 +54,8 @@ from salad_ros.backends import (  # noqa: E402
     cpu_features,  # noqa: E402
     create_encoder,
 )
-from salad_ros.config import ConfigError  # noqa: E402
 from salad_ros.model import load_model, variant_dims  # noqa: E402
+from salad_ros.params import ConfigError  # noqa: E402
 
 
 @dataclass(frozen=True)

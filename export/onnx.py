@@ -294,7 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _check_openvino(model: DinoSalad, path: Path, args: argparse.Namespace) -> dict[str, object]:
     """``--check-openvino``: the staged file in OpenVINO, on the inputs of the onnxruntime check."""
-    from salad_ros.config import ConfigError
+    from salad_ros.params import ConfigError
 
     from .openvino_check import check_openvino, print_report
 

@@ -176,3 +176,26 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     if len(data) > max_bytes:  # grew while being read
         raise UnsafeFileError(f"{Path(path).name} is larger than the {max_bytes} bytes it can be")
     return data
+
+
+def directory_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a directory could not be written to ``path`` (None when it can, or when no path is set).
+
+    Raises ValueError when the path can never be such a directory: an existing file, or a folder
+    that can't be created because a parent is a file. The node checks its ``database_path`` with it
+    at start-up instead of failing at the first save, after a whole session.
+    """
+    if not path:
+        return None
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{path} is a file, not a directory")
+    existing = target
+    while not existing.exists():  # the nearest existing ancestor: where the folder would be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{path} can't be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} is not writable" if existing == target else \
+            f"{path} is not writable ({existing} does not allow creating it)"
+    return None

@@ -19,31 +19,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import os
 import re
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -51,6 +45,7 @@ from std_srvs.srv import Trigger
 from . import debug_image
 from .backends import Encoder, check_weights_file, create_encoder
 from .config import SaladConfig
+from .fileio import directory_problem
 from .io.images import ImageDecodeError, msg_to_rgb, rgb_to_raw
 from .io.messages import ns_to_sec_nanosec, pose_from_msg, stamp_to_ns
 from .io.table import (
@@ -91,36 +86,6 @@ TABLE_DEPTH = 100
 
 class StartupError(RuntimeError):
     """The node cannot start; the message is one line naming the cause (usually a parameter)."""
-
-
-def _save_summary(report: Any, n: int, path: str) -> str:
-    """One line about a save: the pipeline's report when it has a ``summary()`` (it names, e.g.,
-    where the replaced map was kept), else how many keyframes went where."""
-    summary = getattr(report, "summary", None)
-    return str(summary()) if callable(summary) else f"saved {n} keyframes to {path}"
-
-
-def _database_path_problem(path: str) -> str | None:
-    """Why the node could not save to ``path`` (None when it can, or when no path is set).
-
-    Raises :class:`StartupError` when the path can never hold a database: an existing file, or a
-    folder that can't be created because a parent is a file. Checked at start-up instead of at
-    the first save, after a whole session.
-    """
-    if not path:
-        return None
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise StartupError(f"parameter 'database_path': {path} is a file, not a database directory")
-    existing = target
-    while not existing.exists():  # the nearest existing ancestor: where the folder would be created
-        existing = existing.parent
-    if not existing.is_dir():
-        raise StartupError(f"parameter 'database_path': {path} can't be created: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{path} is not writable" if existing == target else \
-            f"{path} is not writable ({existing} does not allow creating it)"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +228,10 @@ class LoopClosureNode(Node):
             cfg = declare_config(self, SaladConfig, RUNTIME_PARAMETERS)
         except ConfigError as exc:
             raise StartupError(one_line(exc)) from exc
-        problem = _database_path_problem(cfg.node.database_path)
+        try:
+            problem = directory_problem(cfg.node.database_path)
+        except ValueError as exc:
+            raise StartupError(f"parameter 'database_path': {exc}") from exc
         if problem and cfg.node.save_on_shutdown:
             raise StartupError(f"parameter 'database_path': {problem}, so save_on_shutdown would fail")
         if problem:
@@ -484,13 +452,12 @@ class LoopClosureNode(Node):
             return response
         try:
             with self._pipeline_lock:
-                n = self.pipeline.keyframe_count
                 report = self.pipeline.save(path)
         except Exception as exc:  # noqa: BLE001 - report, don't crash the executor
             response.success, response.message = False, f"saving to {path} failed: {one_line(exc)}"
             self.get_logger().error(response.message)
             return response
-        response.success, response.message = True, _save_summary(report, n, path)
+        response.success, response.message = True, report.summary()
         self.get_logger().info(response.message)
         return response
 
@@ -593,7 +560,7 @@ class LoopClosureNode(Node):
                 n = self.pipeline.keyframe_count
                 self._log("info", f"saving {n} keyframes to {self.cfg.node.database_path} ...")
                 report = self.pipeline.save()
-                self._log("info", _save_summary(report, n, self.cfg.node.database_path))
+                self._log("info", report.summary())
             except Exception as exc:  # noqa: BLE001 - report and still exit
                 self._log("error", f"saving the database failed: {one_line(exc)}")
             finally:
@@ -610,116 +577,3 @@ class LoopClosureNode(Node):
         if hasattr(self, "_slot"):
             self.close()
         super().destroy_node()
-
-
-# --------------------------------------------------------------------------------------------
-# Entry point
-
-
-class _ShutdownRequest:
-    """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop (so shutdown runs
-    with ROS still up: final logs reach /rosout, the database is saved); before the node exists
-    it interrupts right away (there is nothing to save yet).
-
-    Once shutdown has begun, further signals (a second Ctrl-C, launch's SIGTERM after SIGINT)
-    never interrupt it: an interrupted save loses the session's keyframes. They only print that
-    the node is finishing; SIGKILL still ends it at once.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.armed = False
-        self.busy_message = b""
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if not self.armed:
-            raise KeyboardInterrupt
-        if self.event.is_set():
-            # os.write, not print: a handler may run while the main thread is inside a print
-            os.write(2, self.busy_message)
-            return
-        self.event.set()
-
-
-def _rcl_message(exc: BaseException) -> str:
-    """rcl's error as one line, without the C source locations it appends (", at file.c:123")."""
-    return re.sub(r",? at [^\s,]+:\d+", "", one_line(exc)).strip()
-
-
-def _init_ros(args: list[str]) -> None:
-    """``rclpy.init`` with rcl's refusals of the command line (a missing or invalid params file, a
-    malformed ``-p``) as one :class:`StartupError` line instead of rcl's log line and a traceback."""
-    # rcl logs "Failed to parse global arguments" itself before raising: keep it quiet meanwhile
-    before = rclpy.logging.get_logger_effective_level("rcl")
-    rclpy.logging.set_logger_level("rcl", rclpy.logging.LoggingSeverity.FATAL)
-    try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except _rclpy.RCLError as exc:
-        raise StartupError(_rcl_message(exc)) from exc
-    finally:
-        if rclpy.logging.get_logger_level("rcl") == rclpy.logging.LoggingSeverity.FATAL:  # not set by --log-level
-            rclpy.logging.set_logger_level("rcl", before)
-
-
-def main(argv: list[str] | None = None, *, fast_exit: bool | None = None) -> int:
-    """``loop_closure_node [--ros-args ...]``: run until SIGINT/SIGTERM; 0 on a clean exit,
-    2 when the configuration is refused.
-
-    Run as a program (``argv`` None, or ``fast_exit=True``) the process ends with ``os._exit``
-    once the orderly shutdown is done (worker stopped, database saved, node destroyed, ROS shut
-    down): interpreter finalisation of torch, faiss and DDS adds nothing but takes 1-4 s on a
-    loaded machine, which would eat the shutdown budget of launch and systemd.
-    """
-    if fast_exit is None:
-        fast_exit = argv is None
-    args = list(sys.argv if argv is None else argv)
-    try:
-        _init_ros(args)
-    except StartupError as exc:
-        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
-        if fast_exit:
-            sys.stderr.flush()
-            os._exit(2)
-        return 2
-    stop = _ShutdownRequest()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node: LoopClosureNode | None = None
-    executor: SingleThreadedExecutor | None = None
-    code = 0
-    try:
-        node = LoopClosureNode()
-        saving = f" (saving the database to {node.cfg.node.database_path})" if node.cfg.node.save_on_shutdown else ""
-        stop.busy_message = (f"[WARN] [{node.get_name()}]: signal received while shutting down{saving}: "
-                             "please wait (SIGKILL aborts)\n").encode()
-        stop.armed = True
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.event.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)  # short timeout: signals are handled between spins
-    except StartupError as exc:
-        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(str(exc))
-        code = 2
-    except _rclpy.RCLError as exc:  # e.g. a remapping rcl refuses when it creates the node
-        rclpy.logging.get_logger(DEFAULT_NODE_NAME).fatal(_rcl_message(exc))
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()  # stops the worker and saves if configured
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        rclpy.try_shutdown()
-        rclpy.get_default_context().destroy()  # free the DDS participant before a fast exit
-    if fast_exit:
-        # our handler stays: a signal between here and the exit must not turn exit 0 into -15
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

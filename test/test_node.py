@@ -161,7 +161,7 @@ def test_unusable_database_path_refused_at_start_up(ctx, encoder, tmp_path, monk
     written, was only noticed at the first save: after a whole session."""
     a_file = tmp_path / "map.txt"
     a_file.write_text("not a map")
-    cases = [({"database_path": str(a_file)}, f"parameter 'database_path': {a_file} is a file, not a database directory"),
+    cases = [({"database_path": str(a_file)}, f"parameter 'database_path': {a_file} is a file, not a directory"),
              ({"database_path": str(a_file / "map")},
               f"parameter 'database_path': {a_file / 'map'} can't be created: {a_file} is not a directory")]
     for params, message in cases:
@@ -169,9 +169,9 @@ def test_unusable_database_path_refused_at_start_up(ctx, encoder, tmp_path, monk
             make_node(ctx, "/dbpath", encoder, **params)
         assert str(info.value) == message
     # no write permission (simulated: the tests may run as root, which has every permission)
-    import salad_ros.node
+    import salad_ros.fileio
 
-    monkeypatch.setattr(salad_ros.node.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(salad_ros.fileio.os, "access", lambda path, mode: False)
     target = tmp_path / "new" / "map"
     with pytest.raises(StartupError) as info:
         make_node(ctx, "/dbpath", encoder, database_path=str(target), save_on_shutdown=True)

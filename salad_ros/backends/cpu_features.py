@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..config import ConfigError
+from ..params import ConfigError
 
 #: Flags that mean native bf16 arithmetic, per architecture family.
 BF16_FLAGS = {"x86": ("avx512_bf16", "amx_bf16"), "arm": ("bf16",)}

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, one_line
 from ..descriptors import l2_normalize
 from ..fileio import file_fingerprint
 from ..model import preprocess
+from ..params import ConfigError, one_line
 from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_metadata, run_in_batches
 from .cpu_features import require_cpu_bf16
 from .encoder import Encoder
