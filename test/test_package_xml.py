@@ -19,8 +19,8 @@ ROSDEP_KEYS = {
 }
 #: Imported by salad_ros/ without a rosdep key: from PyPI through requirements-robot.txt.
 PIP_ONLY = {"onnx"}  # the onnxruntime backend reads the exported model's metadata with it
-#: Imported by salad_ros/ but optional and without a rosdep key (a TensorRT install, xformers, zstd/lz4 bags).
-OPTIONAL = {"tensorrt", "xformers", "lz4", "backports", "compression"}
+#: Imported by salad_ros/ but optional and without a rosdep key (TensorRT, OpenVINO, xformers, zstd/lz4 bags).
+OPTIONAL = {"tensorrt", "openvino", "xformers", "lz4", "backports", "compression"}
 
 
 def _exec_depends() -> set[str]:
