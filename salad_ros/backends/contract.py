@@ -45,6 +45,17 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def read_onnx_export(engine: str, backend: str) -> tuple[Path, dict[str, str]]:
+    """The ``engine`` ONNX file of an ONNX-reading backend and its metadata, or a ConfigError
+    naming ``engine`` (missing, not ``.onnx``, not an ONNX file)."""
+    path = Path(engine)
+    if not path.is_file():
+        raise ConfigError(f"parameter 'engine': ONNX file {path} does not exist")
+    if path.suffix != ".onnx":
+        raise ConfigError(f"parameter 'engine': backend {backend} takes an .onnx file, got {path}")
+    return path, read_onnx_metadata(path)
+
+
 def check_export_metadata(meta: Mapping[str, str], cfg: ModelConfig, source: str | Path) -> None:
     """Refuse an exported model (``source``) whose metadata disagrees with ``cfg``.
 

@@ -19,7 +19,7 @@ import torch
 from ..descriptors import l2_normalize
 from ..model import preprocess
 from ..params import ConfigError
-from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_metadata, run_in_batches
+from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_export, run_in_batches
 from .encoder import Encoder
 from .model_config import ModelConfig
 
@@ -66,12 +66,7 @@ class OnnxRuntimeEncoder(Encoder):
             import onnxruntime as ort
         except ImportError as exc:
             raise ConfigError(f"parameter 'backend': onnxruntime is not importable ({exc}); pip install onnxruntime") from exc
-        path = Path(cfg.engine)
-        if not path.is_file():
-            raise ConfigError(f"parameter 'engine': ONNX file {path} does not exist")
-        if path.suffix != ".onnx":
-            raise ConfigError(f"parameter 'engine': backend onnxruntime takes an .onnx file, got {path}")
-        meta = read_onnx_metadata(path)
+        path, meta = read_onnx_export(cfg.engine, "onnxruntime")
         check_export_metadata(meta, cfg, path)
         providers = select_providers(
             cfg.device, ort.get_available_providers(), importlib.util.find_spec("tensorrt") is not None,

@@ -31,7 +31,7 @@ from ..descriptors import l2_normalize
 from ..fileio import file_fingerprint
 from ..model import preprocess
 from ..params import ConfigError, one_line
-from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_metadata, run_in_batches
+from .contract import INPUT_NAME, OUTPUT_NAME, check_export_metadata, default_cache_dir, read_onnx_export, run_in_batches
 from .cpu_features import require_cpu_bf16
 from .encoder import Encoder
 from .model_config import ModelConfig
@@ -120,12 +120,7 @@ class OpenVINOEncoder(Encoder):
         # ModelConfig.validate has refused fp16 and CUDA devices for this backend.
         if cfg.precision == "bf16":
             require_cpu_bf16("openvino")
-        path = Path(cfg.engine)
-        if not path.is_file():
-            raise ConfigError(f"parameter 'engine': ONNX file {path} does not exist")
-        if path.suffix != ".onnx":
-            raise ConfigError(f"parameter 'engine': backend openvino takes an .onnx file, got {path}")
-        meta = read_onnx_metadata(path)
+        path, meta = read_onnx_export(cfg.engine, "openvino")
         if meta.get("precision", "fp32") != "fp32":
             raise ConfigError(
                 f"parameter 'engine': {path} is a {meta['precision']} export (for GPUs); backend openvino needs an fp32 "
