@@ -62,6 +62,34 @@ def encoder():
     return create_encoder(ModelConfig(**TEST_MODEL))
 
 
+class PeakRss:
+    """Samples this process's resident memory in a thread while the ``with`` block runs:
+    ``base`` at entry, ``peak`` the highest seen, ``growth`` the difference."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period, self.base, self.peak = period, 0, 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.period)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
 def make_node(ctx: Context, namespace: str, encoder=None, cli_args: list[str] | None = None, **params) -> LoopClosureNode:
     values = {**TEST_MODEL, **TEST_DETECTOR, "reliable_qos": True, "diagnostics_period": 0.25, **params}
     return LoopClosureNode(context=ctx, namespace=namespace, encoder=encoder, cli_args=cli_args,
@@ -450,28 +478,15 @@ def test_image_bombs_refused_memory_bounded_and_node_keeps_running(ctx, encoder)
             assert colc.wait_for_node() and col.wait_for_node()
             feed(colc, comp, compressed_msg(scene(3), T0))  # warm-up: the first inference allocates
             assert wait_until(lambda: comp.stats.processed == 1, 20)
-            base = rss_bytes()
-            peak = [base]
-            sampling = threading.Event()
-
-            def sample() -> None:
-                while not sampling.is_set():
-                    peak[0] = max(peak[0], rss_bytes())
-                    time.sleep(0.005)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t0 = time.monotonic()
-            feed(colc, comp, CompressedImage(format="png", data=png_claiming(100000, 100000)))
-            feed(colc, comp, CompressedImage(format="png", data=bomb))
-            feed(colc, comp, CompressedImage(format="jpeg", data=jpeg_claiming(60000, 50000)))
-            feed(col, raw, Image(encoding="rgb8", height=30000, width=30000, step=90000))
-            handled = time.monotonic() - t0
-            sampling.set()
-            sampler.join()
-            growth = peak[0] - base
-            print(f"bombs: handled in {handled:.2f} s, rss {base / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB")
-            assert growth < 100e6, f"memory grew by {growth / 1e6:.0f} MB"
+            with PeakRss() as mem:
+                t0 = time.monotonic()
+                feed(colc, comp, CompressedImage(format="png", data=png_claiming(100000, 100000)))
+                feed(colc, comp, CompressedImage(format="png", data=bomb))
+                feed(colc, comp, CompressedImage(format="jpeg", data=jpeg_claiming(60000, 50000)))
+                feed(col, raw, Image(encoding="rgb8", height=30000, width=30000, step=90000))
+                handled = time.monotonic() - t0
+            print(f"bombs: handled in {handled:.2f} s, rss {mem.base / 1e6:.0f} MB -> peak {mem.peak / 1e6:.0f} MB")
+            assert mem.growth < 100e6, f"memory grew by {mem.growth / 1e6:.0f} MB"
             want = {"bad_frames": "3", "bad_frames.too_large": "3", "frames_received": "4", "frames_processed": "1"}
             want_raw = {"bad_frames": "1", "bad_frames.too_large": "1", "frames_received": "1", "frames_processed": "0"}
             assert wait_until(lambda: all(bad_counters(colc).get(k) == v for k, v in want.items())
@@ -499,31 +514,19 @@ def test_burst_is_bounded_counted_and_node_keeps_answering(ctx, encoder):
             assert col.wait_for_node() and wait_until(lambda: pub.get_subscription_count() > 0, 10)
             pub.publish(image_msg(scene(9), T0))  # warm-up: the first inference allocates
             assert wait_until(lambda: node.stats.processed == 1, 20)
-            base = rss_bytes()
-            peak = [base]
-            sampling = threading.Event()
-
-            def sample() -> None:
-                while not sampling.is_set():
-                    peak[0] = max(peak[0], rss_bytes())
-                    time.sleep(0.01)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t_start = time.monotonic()
-            for k in range(200):
-                msg = big[k % 4]
-                msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(T0 + (k + 1) * SEC // 100)
-                pub.publish(msg)
-                time.sleep(max(0.0, t_start + (k + 1) * 0.01 - time.monotonic()))
-            s = node.stats
-            assert wait_until(lambda: s.received == s.processed + s.dropped + sum(s.bad.values()) + s.failed, 30)
-            sampling.set()
-            sampler.join()
+            with PeakRss(period=0.01) as mem:
+                t_start = time.monotonic()
+                for k in range(200):
+                    msg = big[k % 4]
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(T0 + (k + 1) * SEC // 100)
+                    pub.publish(msg)
+                    time.sleep(max(0.0, t_start + (k + 1) * 0.01 - time.monotonic()))
+                s = node.stats
+                assert wait_until(lambda: s.received == s.processed + s.dropped + sum(s.bad.values()) + s.failed, 30)
             assert s.received > 100, "most of the burst arrives on loopback"
             assert s.dropped > 0 and s.processed < s.received, "a slow model drops frames, it does not queue them"
             assert s.failed == 0 and sum(s.bad.values()) == 0
-            growth = peak[0] - base
+            growth = mem.growth
             print(f"burst: received {s.received} processed {s.processed} dropped {s.dropped} rss +{growth / 1e6:.0f} MB")
             # queueing the burst would take received x 2.7 MB; the slot holds one frame
             assert growth < 60 * frame_bytes, f"memory grew by {growth / 1e6:.0f} MB"
