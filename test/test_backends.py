@@ -64,10 +64,8 @@ def _images() -> list[np.ndarray]:
             synthetic_images(1, 224, seed=3)[0]]
 
 
-def test_torch_and_onnxruntime_give_matching_descriptors(encoders):
-    t, o = encoders.torch, encoders.ort
-    assert isinstance(o, OnnxRuntimeEncoder) and o.backend == "onnxruntime" and o.device == "cpu"
-    assert (o.model_name, o.dim, o.input_size) == (t.model_name, t.dim, t.input_size)
+def _assert_matches_torch(t, o) -> None:
+    """``o`` gives torch fp32's unit-norm descriptors, in RGB and BGR input order alike."""
     images = _images()
     for color, batch in (("rgb", images), ("bgr", images[:1])):
         a, b = t.encode(batch, color), o.encode(batch, color)
@@ -75,6 +73,13 @@ def test_torch_and_onnxruntime_give_matching_descriptors(encoders):
         np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
         report = check_agreement(a, b, min_cosine=0.99999, max_abs=1e-4)
         assert report.passed, report.summary()
+
+
+def test_torch_and_onnxruntime_give_matching_descriptors(encoders):
+    t, o = encoders.torch, encoders.ort
+    assert isinstance(o, OnnxRuntimeEncoder) and o.backend == "onnxruntime" and o.device == "cpu"
+    assert (o.model_name, o.dim, o.input_size) == (t.model_name, t.dim, t.input_size)
+    _assert_matches_torch(t, o)
 
 
 def test_onnxruntime_batching_does_not_change_descriptors(encoders):
@@ -170,14 +175,9 @@ def test_openvino_fp32_matches_torch_fp32(encoders, ov_fp32):
     # Precision and threads are what was asked for, not OpenVINO's defaults (bf16 where the CPU has it).
     assert o.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     assert o.compiled.get_property("INFERENCE_NUM_THREADS") == torch.get_num_threads()
-    images = _images()
-    for color, batch in (("rgb", images), ("bgr", images[:1])):
-        a, b = t.encode(batch, color), o.encode(batch, color)
-        assert b.dtype == np.float32 and b.shape == (len(batch), 8448)
-        np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
-        report = check_agreement(a, b, min_cosine=0.99999, max_abs=1e-4)
-        assert report.passed, report.summary()
+    _assert_matches_torch(t, o)
     # batch_size 2: three images run as 2 + 1, same descriptors as one at a time
+    images = _images()
     alone = np.concatenate([o.encode([img]) for img in images])
     np.testing.assert_allclose(o.encode(images), alone, atol=1e-5)
 
