@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +128,7 @@ class LoopClosurePipeline:
             COLOR_THUMBNAIL_COUNT, COLOR_THUMBNAIL_COUNT * 3 * COLOR_THUMBNAIL_SIDE**2, COLOR_THUMBNAIL_SIDE,
             quality=85, color=True,
         ) if color_thumbnails else None
-        # relative poses of loop candidates (pose features of keyframes, saved beside the map)
+        # relative poses of loop candidates (pose features of keyframes, committed with the map)
         self._poses = LoopPoseEstimator(cfg.pose, cfg.detector)
         path = cfg.node.database_path
         if database_exists(path):
@@ -137,45 +137,43 @@ class LoopClosurePipeline:
             )
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
             self.detector = LoopDetector(cfg.detector, self.database)
-            self._load_thumbnails(Path(path))
-            self._load_pose_features(Path(path))
+            self._load_attachments(Path(path))
         else:
             self.reset()
 
     def _stamps_by_id(self) -> dict[int, int]:
         return dict(enumerate(int(s) for s in self.database.stamps_ns()))
 
-    def _load_thumbnails(self, path: Path) -> None:
-        # Without them, geometric verification against the loaded map has nothing to compare with.
-        store = self.detector.thumbnails
-        if store is None:
-            return
+    def _load_attachments(self, path: Path) -> None:
+        """The verification thumbnails and pose features committed with the loaded map. Both are
+        caches: a missing or damaged one is a warning and the map loads without it."""
         stamps = self._stamps_by_id()
+        store = self.detector.thumbnails
+        if store is not None:
+            # Without them, geometric verification against the loaded map has nothing to compare with.
+            legacy = path / LEGACY_THUMBNAILS_FILE  # saved before they were committed with the map
+            self._load_attachment(path, THUMBNAILS, store.max_file_bytes(len(stamps)),
+                                  lambda data, name: store.load(data, stamps, name=name),
+                                  "verification thumbnails", "verification against it follows "
+                                  "detector.verify_missing_thumbnail", legacy if os.path.lexists(legacy) else None)
+        self._load_attachment(path, POSE_FEATURES, self._poses.max_file_bytes(len(stamps)),
+                              lambda data, name: self._poses.load(data, stamps, name=name),
+                              "pose features", "loop candidates against it get no relative pose")
+
+    @staticmethod
+    def _load_attachment(path: Path, key: str, max_bytes: int, load: Callable[[bytes | Path, str], int], what: str,
+                         without: str, fallback: Path | None = None) -> None:
         try:
-            found = read_attachment(path, THUMBNAILS, store.max_file_bytes(len(stamps)))
+            found = read_attachment(path, key, max_bytes)
             if found is not None:
-                n = store.load(found[1], stamps, name=str(found[0]))
-            elif os.path.lexists(path / LEGACY_THUMBNAILS_FILE):  # saved before they were committed with the map
-                n = store.load(path / LEGACY_THUMBNAILS_FILE, stamps)
+                n = load(found[1], str(found[0]))
+            elif fallback is not None:
+                n = load(fallback, str(fallback))
             else:
                 return
-            log.info("loaded %d verification thumbnails of the map in %s", n, path)
-        except (OSError, ValueError) as exc:  # DatabaseError too. A cache: the map loads without it
-            log.warning("verification thumbnails not loaded: %s; the map is loaded without them, so verification "
-                        "against it follows detector.verify_missing_thumbnail", exc)
-
-
-    def _load_pose_features(self, path: Path) -> None:
-        # Without them, candidates against the loaded map get no relative pose; the map still loads.
-        stamps = self._stamps_by_id()
-        try:
-            found = read_attachment(path, POSE_FEATURES, self._poses.max_file_bytes(len(stamps)))
-            if found is None:
-                return
-            n = self._poses.load(found[1], stamps, name=str(found[0]))
-            log.info("loaded pose features of %d keyframes of the map in %s", n, path)
+            log.info("loaded %s of %d keyframes of the map in %s", what, n, path)
         except (OSError, ValueError) as exc:  # DatabaseError too
-            log.warning("pose features not loaded: %s; loop candidates against the loaded map get no relative pose", exc)
+            log.warning("%s not loaded: %s; the map is loaded without them, so %s", what, exc, without)
 
     # -- frames
 
