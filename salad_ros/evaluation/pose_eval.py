@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry.transforms import angle_between, invert_transform, quaternion_to_matrix, rotation_angle
+from ..geometry.transforms import angle_between, invert_transform, rotation_angle, transform_from_xyz_quat
 from ..io.trajectory import Trajectory
 from ..relative_pose import STATUS_DIRECTION, STATUS_METRIC, RelativePose
 
@@ -59,13 +59,6 @@ class PoseSample:
     translation_std: float
 
 
-def _matrix(row: np.ndarray) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3] = quaternion_to_matrix(row[3:])
-    m[:3, 3] = row[:3]
-    return m
-
-
 def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
     q0, q1 = q0 / np.linalg.norm(q0), q1 / np.linalg.norm(q1)
     dot = float(q0 @ q1)
@@ -87,11 +80,11 @@ def interpolate(gt: Trajectory, stamps_ns: np.ndarray, tolerance_ns: int) -> np.
         if 0 < r < len(s) and s[r] - s[r - 1] <= 2 * tolerance_ns:  # both neighbours close: interpolate
             a = (t - s[r - 1]) / max(1, s[r] - s[r - 1])
             row = np.r_[(1 - a) * p[r - 1, :3] + a * p[r, :3], _slerp(p[r - 1, 3:], p[r, 3:], float(a))]
-            out[k] = _matrix(row)
+            out[k] = transform_from_xyz_quat(row)
             continue
         idx, _ = gt.nearest([t], tolerance_ns)
         if idx[0] >= 0:
-            out[k] = _matrix(p[idx[0]])
+            out[k] = transform_from_xyz_quat(p[idx[0]])
     return out
 
 
