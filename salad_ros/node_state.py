@@ -6,13 +6,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import platform
 import re
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cpuinfo import cpu_model
 from .io.images import ERROR_KINDS
 
 # Window of recent frames for the latency statistics in /diagnostics.
@@ -90,7 +90,7 @@ def hardware_id(device: str) -> str:
     ``cpu: AMD Ryzen 9 7950X`` or ``cuda:0: NVIDIA GeForce RTX 3090`` (``device`` as the
     backend reports it; unchanged when its model can't be found)."""
     if device == "cpu":
-        return f"cpu: {_cpu_model()}"
+        return f"cpu: {cpu_model()}"
     cuda = re.match(r"cuda:(\d+)", device)
     torch = sys.modules.get("torch")  # only when a backend loaded it: never import it for this
     if cuda and torch is not None:
@@ -100,21 +100,3 @@ def hardware_id(device: str) -> str:
         except Exception:  # noqa: BLE001 - a name is nice to have, never a reason to fail
             pass
     return device
-
-
-def _cpu_model() -> str:
-    """CPU model from /proc/cpuinfo (x86 'model name'; on ARM boards the device-tree model, e.g. a
-    Jetson's), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return " ".join(value.split())
-    except OSError:
-        pass
-    try:
-        with open("/proc/device-tree/model") as f:
-            return f.read().strip("\0\n ") or platform.machine()
-    except OSError:
-        return platform.processor() or platform.machine() or "unknown"

@@ -6,62 +6,24 @@ bf16 on a CPU only pays off with instructions that multiply bf16 directly: on x8
 Apple M2). Elsewhere bf16 is emulated through fp32 and is slower than fp32, so it is refused.
 
 The flags come from ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on Arm), as the kernel
-reports them; tests replace :func:`cpu_flags` and :func:`cpu_machine` to play another CPU.
+reports them (:mod:`salad_ros.cpuinfo`); tests replace :func:`cpu_flags` and :func:`cpu_machine` here to
+play another CPU.
 
     python -m salad_ros.backends.cpu_features     # one line; exit status 0 with native bf16, 1 without
 """
 
 from __future__ import annotations
 
-import functools
-import platform
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
+from ..cpuinfo import cpu_flags, cpu_machine, cpu_model, parse_cpuinfo_flags
 from ..params import ConfigError
 
 #: Flags that mean native bf16 arithmetic, per architecture family.
 BF16_FLAGS = {"x86": ("avx512_bf16", "amx_bf16"), "arm": ("bf16",)}
-_CPUINFO = Path("/proc/cpuinfo")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (x86 ``flags`` / Arm ``Features`` of the first processor in
-    /proc/cpuinfo); empty where that file does not exist (macOS, Windows)."""
-    try:
-        text = _CPUINFO.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    return parse_cpuinfo_flags(text)
-
-
-def parse_cpuinfo_flags(text: str) -> frozenset[str]:
-    """Flags of the first ``flags:`` or ``Features:`` line of a /proc/cpuinfo text."""
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def cpu_machine() -> str:
-    """``platform.machine()`` (x86_64, AMD64, aarch64, arm64, ...)."""
-    return platform.machine()
-
-
-@functools.cache
-def cpu_model() -> str:
-    """The CPU's model name for messages (``model name`` in /proc/cpuinfo, else the architecture)."""
-    try:
-        for line in _CPUINFO.read_text(errors="replace").splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or cpu_machine() or "unknown CPU"
+__all__ = ["BF16_FLAGS", "cpu_bf16_problem", "cpu_flags", "cpu_machine", "cpu_model", "native_bf16_flags",
+           "parse_cpuinfo_flags", "require_cpu_bf16"]
 
 
 def _family(machine: str) -> str | None:
