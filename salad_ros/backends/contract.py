@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..params import ConfigError
+from ..params import ConfigError, one_line
 from .model_config import ModelConfig
 
 INPUT_NAME = "images"
@@ -38,9 +38,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends share no useful base
-        detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(
-            f"parameter 'engine': {path} is not a readable ONNX file ({detail}); re-export it with 'python -m export.onnx'"
+            f"parameter 'engine': {path} is not a readable ONNX file ({one_line(exc)}); re-export it with 'python -m export.onnx'"
         ) from exc
     return {p.key: p.value for p in model.metadata_props}
 

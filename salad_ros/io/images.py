@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..params import one_line
+
 #: encoding -> (channels, numpy dtype, OpenCV conversion to RGB or None)
 _RAW_ENCODINGS: dict[str, tuple[int, type, int | None]] = {
     "rgb8": (3, np.uint8, None),
@@ -170,8 +172,7 @@ def compressed_to_rgb(fmt: str, data: Any, max_pixels: int | None = None) -> np.
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)  # BGR; grey is expanded to 3 channels
         rgb = None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     except Exception as exc:  # noqa: BLE001 - cv2.error, MemoryError, ...: one more bad frame
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ImageDecodeError("undecodable", f"{what} cannot be decoded: {reason}") from exc
+        raise ImageDecodeError("undecodable", f"{what} cannot be decoded: {one_line(exc)}") from exc
     if rgb is None:
         raise ImageDecodeError("undecodable", f"{what} cannot be decoded")
     return rgb
