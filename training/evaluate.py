@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from salad_ros.backends import ModelConfig, check_weights_file, is_random_model_name
-from salad_ros.fileio import file_fingerprint
+from salad_ros.fileio import file_fingerprint, write_bytes_atomic
 from salad_ros.model import (
     BACKBONES,
     SALAD_RELEASE_URL,
@@ -252,11 +252,8 @@ def write_submission(path: str | Path, bench: Benchmark, ranked: np.ndarray) -> 
     db_keys = [Path(p).stem for p in bench.db_paths]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for q, row in zip(bench.query_paths, ranked):
-            f.write(" ".join([Path(q).stem, *(db_keys[j] for j in row)]) + "\n")
-    os.replace(tmp, path)
+    lines = (" ".join([Path(q).stem, *(db_keys[j] for j in row)]) + "\n" for q, row in zip(bench.query_paths, ranked))
+    write_bytes_atomic(path, "".join(lines).encode())
     return path
 
 
