@@ -20,6 +20,7 @@ from typing import Any
 from .backends import ModelConfig
 from .database import DatabaseConfig
 from .detector import DetectorConfig
+from .fleet.config import FleetConfig, RobotSettings
 from .loop_pose import PoseSettings
 from .params import DEFAULT_NODE_NAME, ConfigError, check_fields, from_flat_dict, inline, load_params_yaml, nested, param
 
@@ -65,10 +66,12 @@ class SaladConfig:
     """Every parameter of the node and of offline replay."""
 
     model: ModelConfig = inline(ModelConfig)
+    robot: RobotSettings = inline(RobotSettings)  # robot_id (salad_ros.fleet.config)
     node: NodeConfig = inline(NodeConfig)
     pose: PoseSettings = inline(PoseSettings)  # relative pose of loop candidates (salad_ros.loop_pose)
     database: DatabaseConfig = nested(DatabaseConfig)
     detector: DetectorConfig = nested(DetectorConfig)
+    fleet: FleetConfig = nested(FleetConfig)  # multi-robot loop closure (salad_ros.fleet)
 
 
 def load_config(

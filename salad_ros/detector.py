@@ -16,7 +16,9 @@ Per frame, :meth:`LoopDetector.process` runs, in this order:
 4. **Temporal consistency** (``consistency_count`` = c; c = 1 turns it off): a match is kept
    only when it continues a chain of c consecutive query keyframes whose matches lie within
    ``consistency_id_window`` keyframe ids of each other, in the spirit of the temporal checks
-   of ORB-SLAM and Kimera. One lucky (aliased) match does not make a loop.
+   of ORB-SLAM and Kimera. One lucky (aliased) match does not make a loop. With peers' keyframes
+   in the database (multi-robot) chains are kept per robot, over that robot's own keyframe
+   numbers (:class:`salad_ros.fleet.policy.PeerChains`).
 5. **Geometric verification** (``verify``): ratio-tested local features + fundamental-matrix
    RANSAC between the frame's and the match's thumbnails, see :mod:`salad_ros.verification`.
    With a ``geometry`` callback that gives the candidate a relative pose (the pipeline's, when
@@ -44,6 +46,7 @@ from salad_ros import params as cfgmod
 from salad_ros.database import KeyframeDatabase
 from salad_ros.descriptors import l2_normalize
 from salad_ros.exclusions import SearchExclusions
+from salad_ros.fleet.policy import PeerChains
 from salad_ros.geometry import Pose, rotation_angle, translation_distance
 from salad_ros.params import ConfigError, param
 from salad_ros.verification import FEATURES, Features, GeometricVerifier, ThumbnailStore, make_thumbnail, sift_available
@@ -113,6 +116,8 @@ class Match:
     stamp_ns: int
     score: float
     rank: int  #: 0 = best
+    robot_id: int = 0  #: robot that made the matched keyframe
+    robot_keyframe_id: int = -1  #: its number in that robot's own sequence
 
 
 @dataclass
@@ -132,6 +137,8 @@ class LoopCandidate:
     reason: str = ""  #: why it was rejected ("" when accepted)
     #: :class:`salad_ros.relative_pose.RelativePose` of the query in the match's frame (None: not estimated)
     relative_pose: Any = None
+    match_robot_id: int = 0  #: robot that made the matched keyframe (the database owner for own loops)
+    match_keyframe_id: int = -1  #: the matched keyframe's number in that robot's own sequence
 
 
 @dataclass
@@ -147,6 +154,9 @@ class FrameResult:
     rejected: list[LoopCandidate] = field(default_factory=list)  #: above threshold but rejected
     #: The keyframe rule that cut a non-keyframe: one of :data:`KEYFRAME_RULES` ("" for keyframes).
     rule: str = ""
+    #: A keyframe's number in its robot's own sequence (= ``keyframe_id`` while the map holds no
+    #: peers' keyframes); None for other frames.
+    robot_keyframe_id: int | None = None
 
 
 #: Why a frame is not a keyframe, by the ``detector.*`` parameter of the rule that cut it.
@@ -201,7 +211,7 @@ class LoopDetector:
         """Forget detector state: last keyframe, consistency chains, thumbnails, counters.
         The database is not touched (the caller clears it if wanted)."""
         self._last: _LastKeyframe | None = None
-        self._chains: list[tuple[int, int]] = []  # (match id, streak) of the previous query keyframe
+        self._chains = PeerChains(self.config.consistency_id_window)
         if self._thumbs is not None:
             self._thumbs.clear()
         self._features.clear()
@@ -234,8 +244,10 @@ class LoopDetector:
         ids, stamps, scores = self.database.search(
             desc[None], cfg.top_k, exclude_recent=ex.recent, exclude_within_ns=ex.within_ns,
             query_stamps_ns=[stamp_ns], query_poses=[pose], exclude_radius=ex.radius_m)
-        matches = [Match(int(i), int(s), float(c), r)
-                   for r, (i, s, c) in enumerate(zip(ids[0], stamps[0], scores[0], strict=True)) if i >= 0]
+        found = ids[0] >= 0
+        origin = self.database.origins(ids[0][found])
+        matches = [Match(int(i), int(s), float(c), r, int(o[0]), int(o[2])) for r, (i, s, c, o) in
+                   enumerate(zip(ids[0][found], stamps[0][found], scores[0][found], origin, strict=True))]
         passing = [m for m in matches if m.score >= cfg.min_score]
         streaks = self._update_chains(passing)
 
@@ -253,7 +265,9 @@ class LoopDetector:
         rejected: list[LoopCandidate] = []
         query_features: Features | None = None
         for m in passing:
-            cand = LoopCandidate(kf_id, stamp_ns, m.id, m.stamp_ns, m.score, m.rank, streak=streaks[m.id])
+            cand = LoopCandidate(kf_id, stamp_ns, m.id, m.stamp_ns, m.score, m.rank,
+                                 streak=streaks[(m.robot_id, m.robot_keyframe_id)], match_robot_id=m.robot_id,
+                                 match_keyframe_id=m.robot_keyframe_id)
             if cand.streak < cfg.consistency_count:
                 cand.reason = f"inconsistent ({cand.streak}/{cfg.consistency_count} consecutive)"
             else:
@@ -261,7 +275,8 @@ class LoopDetector:
             (rejected if cand.reason else accepted).append(cand)
         self.stats["candidates"] += len(accepted)
         self.stats["rejected"] += len(rejected)
-        return FrameResult(stamp_ns, True, kf_id, reason, accepted, matches, rejected)
+        return FrameResult(stamp_ns, True, kf_id, reason, accepted, matches, rejected,
+                           robot_keyframe_id=int(self.database.origins([kf_id])[0, 2]))
 
     # ----- steps
 
@@ -301,19 +316,16 @@ class LoopDetector:
                 f"not novel: similarity {sim:.3f} >= {cfg.keyframe_max_similarity} to the last keyframe"
         return "", f"keyframe (similarity {sim:.3f} to the last one, {dt:.2f} s later)"
 
-    def _update_chains(self, passing: list[Match]) -> dict[int, int]:
-        """Extend the consistency chains with this query keyframe's passing matches.
+    def _update_chains(self, passing: list[Match]) -> dict[tuple[int, int], int]:
+        """Extend the consistency chains with this query keyframe's passing matches; returns the
+        streak per ``(robot_id, robot_keyframe_id)``.
 
-        A match continues a chain when the previous query keyframe had a passing match within
-        ``consistency_id_window`` ids of it; a keyframe without passing matches breaks all chains.
+        A match continues a chain when the previous query keyframe had a passing match of the same
+        robot within ``consistency_id_window`` of that robot's keyframe numbers; a keyframe
+        without passing matches of a robot breaks that robot's chains.
         """
-        window = self.config.consistency_id_window
-        streaks: dict[int, int] = {}
-        for m in passing:
-            prev = max((s for mid, s in self._chains if abs(mid - m.id) <= window), default=0)
-            streaks[m.id] = prev + 1
-        self._chains = list(streaks.items())
-        return streaks
+        self._chains.window = self.config.consistency_id_window  # may change between frames
+        return self._chains.update((m.robot_id, m.robot_keyframe_id) for m in passing)
 
     def _check_geometry(self, cand: LoopCandidate, thumb: np.ndarray | None, query_features: Features | None,
                         geometry: Callable[[LoopCandidate], Any] | None) -> Features | None:

@@ -376,10 +376,10 @@ class LoopClosureNode(Node):
             self.stats.latencies.append(latency)
         if not self.context.ok():
             return
-        if result.is_keyframe and result.keyframe_id is not None:
-            self._publish_keyframe(frame, result.keyframe_id)
-        if result.candidates:
-            self._publish_candidates(frame, result.candidates)
+        if result.is_keyframe and result.robot_keyframe_id is not None:
+            self._publish_keyframe(frame, result.robot_keyframe_id)
+        if result.candidates and result.robot_keyframe_id is not None:
+            self._publish_candidates(frame, result.robot_keyframe_id, result.candidates)
         self._pose_io.on_result(result)
         if self._debug_pub.get_subscription_count() > 0:
             self._publish_debug(frame, result)
@@ -395,13 +395,13 @@ class LoopClosureNode(Node):
         with self._stats_lock:
             self.stats.keyframes_published += 1
 
-    def _publish_candidates(self, frame: _Frame, candidates: list) -> None:
+    def _publish_candidates(self, frame: _Frame, query_keyframe_id: int, candidates: list) -> None:
         records = []
-        for c in candidates:
+        for c in candidates:  # ids in the robots' own numbering (= map ids while the map holds no peers)
             sec, nanosec = ns_to_sec_nanosec(c.match_stamp_ns)
             records.append({
-                "query_id": int(c.query_id),
-                "match_id": int(c.match_id), "match_stamp_sec": sec, "match_stamp_nanosec": nanosec,
+                "query_id": query_keyframe_id, "match_robot_id": int(c.match_robot_id),
+                "match_id": int(c.match_keyframe_id), "match_stamp_sec": sec, "match_stamp_nanosec": nanosec,
                 "score": float(c.score), "rank": int(c.rank), "inliers": int(c.inliers or 0),
                 # rejected candidates are not published: verified is True or None (not checked)
                 "verified": 1 if c.verified else 0,

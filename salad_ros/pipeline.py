@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ import numpy as np
 
 from .backends import Encoder, create_encoder, is_random_model_name
 from .config import SaladConfig
-from .database import DatabaseError, Keyframe, KeyframeDatabase, Pose
+from .database import DatabaseError, Keyframe, KeyframeDatabase, Origin, Pose
 from .database.storage import on_disk, read_attachment
 from .detector import DetectorConfig, FrameResult, LoopDetector
+from .fleet.wire import SharedFeatures, SharedKeyframe
 from .geometry.camera import CameraModel
+from .geometry.features import PoseFeatures
 from .loop_pose import POSE_FEATURES, LoopPoseEstimator
 from .relative_pose import RelativePose
 from .verification import ThumbnailStore
@@ -118,7 +121,8 @@ class LoopClosurePipeline:
     pipelines). With ``color_thumbnails`` the pipeline also keeps small colour thumbnails of
     recent keyframes for a live view (:meth:`thumbnail` with ``color=True``); it owns every
     thumbnail, so a reset forgets them all. Not thread-safe: callers serialise access (the node
-    holds a lock).
+    holds a lock), except for :meth:`add_peer_keyframe` and :meth:`shared_keyframe`, which may
+    run beside :meth:`process` (they wait for at most one frame's detection, not its encoding).
     """
 
     def __init__(self, cfg: SaladConfig, encoder: Encoder | None = None, *, color_thumbnails: bool = False) -> None:
@@ -130,10 +134,13 @@ class LoopClosurePipeline:
         ) if color_thumbnails else None
         # relative poses of loop candidates (pose features of keyframes, committed with the map)
         self._poses = LoopPoseEstimator(cfg.pose, cfg.detector)
+        # the map (database, detector, stores); held for detection, peers' keyframes, save and reset
+        self._map_lock = threading.RLock()
         path = cfg.node.database_path
         if database_exists(path):
             self.database = KeyframeDatabase.load(
-                path, expected_dim=self.encoder.dim, expected_model=self.encoder.model_name, config=cfg.database
+                path, expected_dim=self.encoder.dim, expected_model=self.encoder.model_name, config=cfg.database,
+                robot_id=cfg.robot.robot_id,
             )
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
             self.detector = LoopDetector(cfg.detector, self.database)
@@ -214,14 +221,15 @@ class LoopClosurePipeline:
         for d, s, p, img, f, cam, dep in zip(descriptors, stamps_ns, poses, images, frame_ids, cameras, depths,
                                              strict=True):
             t0 = time.perf_counter()
-            geo = self._poses.frame(img, cam, dep)
-            result = self.detector.process(d, int(s), pose=p, image=img, frame_id=f,
-                                           geometry=geo.estimate if geo.active else None)
-            if result.is_keyframe and result.keyframe_id is not None:
-                geo.store(result.keyframe_id)
+            with self._map_lock:
+                geo = self._poses.frame(img, cam, dep)
+                result = self.detector.process(d, int(s), pose=p, image=img, frame_id=f,
+                                               geometry=geo.estimate if geo.active else None)
+                if result.is_keyframe and result.keyframe_id is not None:
+                    geo.store(result.keyframe_id)
+                    if self._color_thumbs is not None:
+                        self._color_thumbs.put(result.keyframe_id, img)
             detect_s.append(time.perf_counter() - t0)
-            if self._color_thumbs is not None and result.is_keyframe and result.keyframe_id is not None:
-                self._color_thumbs.put(result.keyframe_id, img)
             frames.append(result)
         return BatchResult(frames, descriptors, encode_s, detect_s)
 
@@ -292,18 +300,20 @@ class LoopClosurePipeline:
         if not target:
             raise ValueError("no database path: set 'database_path' or pass a path")
         target = Path(target)
-        store = self.detector.thumbnails
-        stamps = self._stamps_by_id()
-        attachments = {THUMBNAILS: store.to_bytes(stamps)} if store is not None else {}
-        if self._poses.stored:  # committed with the map, like the thumbnails
-            attachments[POSE_FEATURES] = self._poses.to_bytes(stamps)
-        try:
-            saved = self.database.save(target, attachments)
-        except (OSError, RuntimeError) as exc:  # a full disk, an unwritable folder, faiss failing to write
-            why = f"{exc.strerror} ({Path(exc.filename).name})" if isinstance(exc, OSError) and exc.strerror \
-                and exc.filename else str(exc) or type(exc).__name__
-            raise DatabaseError(f"{why}: nothing was saved; {describe_saved(target)}") from exc
-        return SaveReport(target, saved.generation, saved.count, len(store) if store is not None else None,
+        with self._map_lock:  # peers' keyframes wait: the map and its attachments must agree
+            store = self.detector.thumbnails
+            stamps = self._stamps_by_id()
+            attachments = {THUMBNAILS: store.to_bytes(stamps)} if store is not None else {}
+            if self._poses.stored:  # committed with the map, like the thumbnails
+                attachments[POSE_FEATURES] = self._poses.to_bytes(stamps)
+            try:
+                saved = self.database.save(target, attachments)
+                thumbs = len(store) if store is not None else None
+            except (OSError, RuntimeError) as exc:  # a full disk, an unwritable folder, faiss failing to write
+                why = f"{exc.strerror} ({Path(exc.filename).name})" if isinstance(exc, OSError) and exc.strerror \
+                    and exc.filename else str(exc) or type(exc).__name__
+                raise DatabaseError(f"{why}: nothing was saved; {describe_saved(target)}") from exc
+        return SaveReport(target, saved.generation, saved.count, thumbs,
                           "" if store is not None else "verification is off", saved.backup, saved.replaced_count,
                           saved.warnings)
 
@@ -316,13 +326,71 @@ class LoopClosurePipeline:
         self.cfg = dataclasses.replace(self.cfg, detector=config)
 
     def reset(self) -> None:
-        """Forget every keyframe and the detector's history. The saved map is not touched; a later
-        :meth:`save` replaces it but keeps it in ``<path>/previous`` (see :class:`SaveReport`)."""
-        self.database = KeyframeDatabase.from_config(self.encoder.dim, self.cfg.database, self.encoder.model_name)
-        self.detector = LoopDetector(self.cfg.detector, self.database)
-        if self._color_thumbs is not None:
-            self._color_thumbs.clear()
-        self._poses.clear()
+        """Forget every keyframe (peers' too) and the detector's history; the new map gets a new
+        session. The saved map is not touched; a later :meth:`save` replaces it but keeps it in
+        ``<path>/previous`` (see :class:`SaveReport`)."""
+        with self._map_lock:
+            self.database = KeyframeDatabase.from_config(self.encoder.dim, self.cfg.database, self.encoder.model_name,
+                                                         self.cfg.robot.robot_id)
+            self.detector = LoopDetector(self.cfg.detector, self.database)
+            if self._color_thumbs is not None:
+                self._color_thumbs.clear()
+            self._poses.clear()
+
+    # -- multi-robot (salad_ros.fleet)
+
+    @property
+    def robot_id(self) -> int:
+        """This robot's fleet id (parameter ``robot_id``): the owner of the map."""
+        return self.database.robot_id
+
+    @property
+    def session(self) -> int:
+        """The map's lineage: random for a new map (and after :meth:`reset`), kept by save/load."""
+        return self.database.session
+
+    @property
+    def own_keyframe_count(self) -> int:
+        """This robot's own keyframes in the map (its next keyframe gets this number)."""
+        return self.database.own_count
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension."""
+        return self.encoder.dim
+
+    def add_peer_keyframe(self, kf: SharedKeyframe) -> int:
+        """Insert another robot's keyframe (with its local features, for verification and relative
+        poses of loops against it); returns its id in this map. It is searchable at once.
+        ValueError for our own lineage, a keyframe held already or another dimension."""
+        with self._map_lock:
+            kf_id = int(self.database.add(kf.descriptor[None], [kf.stamp_ns], frame_ids=kf.frame_id,
+                                          poses=[kf.pose], origin=Origin(kf.robot_id, kf.session, [kf.keyframe_id]))[0])
+            f = kf.features
+            if f is not None and len(f) and f.kind == self._poses.extractor.kind:
+                self._poses.store.put(kf_id, PoseFeatures(f.points, f.descriptors, f.depth, f.kind, f.focal_px))
+            return kf_id
+
+    def shared_keyframe(self, robot_keyframe_id: int) -> SharedKeyframe | None:
+        """This robot's keyframe number ``robot_keyframe_id`` as peers get it (descriptor as
+        stored, pose, ORB features when it has them), None when the map has no such keyframe."""
+        with self._map_lock:
+            kf_id = self.database.find(self.robot_id, self.session, robot_keyframe_id)
+            if kf_id is None:
+                return None
+            rec = self.database.get(kf_id)
+            feats = self._poses.store.get(kf_id)
+            shared = None
+            if feats is not None and feats.kind == "orb" and feats.descriptors is not None and len(feats):
+                shared = SharedFeatures(feats.points, feats.descriptors, feats.depth, feats.focal_px)
+            return SharedKeyframe(rec.robot_id, rec.session, rec.robot_keyframe_id, rec.stamp_ns,
+                                  self.database.descriptor(kf_id), rec.frame_id, rec.pose, shared)
+
+    def keyframe_origins(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(origins int64[N, 3], stamps int64[N])``: robot_id, session and robot keyframe id of
+        every keyframe in the map, with its stamp (a restarted node's peers' keyframes)."""
+        with self._map_lock:
+            return self.database.origins(), self.database.stamps_ns()
 
     # -- relative poses of loop candidates
 

@@ -96,7 +96,9 @@ def test_zip_bomb_keyframes_with_matching_checksum(tmp_path: Path, bomb: str) ->
 
     d = saved(tmp_path)
     path = d / manifest_files(d)["keyframes"]["name"]
-    others = {"stamps_ns": np.arange(50, dtype=np.int64), "poses": np.zeros((50, 7))}
+    others = {"stamps_ns": np.arange(50, dtype=np.int64), "poses": np.zeros((50, 7)),
+              "robot_ids": np.zeros(50, np.int64), "sessions": np.zeros(50, np.int64),
+              "robot_keyframe_ids": np.arange(50, dtype=np.int64)}
     if bomb == "8 GiB":  # a real one: 8 MB of deflate that inflates to 8 GiB
         zip_bomb_npz(path, "ids", others=others)
         assert path.stat().st_size < 16 << 20

@@ -62,21 +62,24 @@ def test_mask_broadcasts_over_queries_like_eligible():
     assert mask.tolist() == [[True, True, True, False], [True, True, True, False]]
 
 
-def _detector_streaks(window: int, sequence: list[list[int]]) -> list[dict[int, int]]:
-    """The single-robot detector's own consistency bookkeeping on ``sequence``."""
-    from salad_ros.database import KeyframeDatabase
-    from salad_ros.detector import DetectorConfig, LoopDetector, Match
+def _single_robot_streaks(window: int, sequence: list[list[int]]) -> list[dict[int, int]]:
+    """The single-robot consistency rule, written out: a match continues the longest chain of the
+    previous query keyframe that ended within ``window`` ids of it; no passing match ends all."""
+    prev: dict[int, int] = {}
+    out = []
+    for ids in sequence:
+        cur = {i: 1 + max((s for j, s in prev.items() if abs(j - i) <= window), default=0) for i in ids}
+        out.append(cur)
+        prev = cur
+    return out
 
-    det = LoopDetector(DetectorConfig(consistency_id_window=window), KeyframeDatabase(4))
-    return [det._update_chains([Match(i, 0, 0.9, r) for r, i in enumerate(ids)]) for ids in sequence]
 
-
-def test_peer_chains_match_the_detector_for_one_robot():
+def test_peer_chains_match_the_single_robot_rule():
     rng = np.random.default_rng(1)
     sequence = [sorted(set(rng.integers(0, 40, rng.integers(0, 4)).tolist())) for _ in range(200)]
     chains = PeerChains(window=3)
     ours = [chains.update((7, i) for i in ids) for ids in sequence]
-    theirs = _detector_streaks(3, sequence)
+    theirs = _single_robot_streaks(3, sequence)
     assert [{k: s for (_, k), s in d.items()} for d in ours] == theirs
     assert max(max(d.values(), default=0) for d in theirs) >= 3  # the sequence does build chains
 
@@ -93,33 +96,33 @@ def test_peer_chains_are_kept_per_robot():
 
 
 def test_a_received_peer_keyframe_is_found_at_once_by_a_database_search():
-    """The pieces together with today's KeyframeDatabase: robot 1 receives robot 2's keyframe,
-    inserts it, and its next query finds it although it is the newest row and stamped at the
-    same time; the robot id rides in metadata until the table has a robot_id column."""
+    """Robot 1 receives robot 2's keyframe, inserts it with its origin, and its next query finds it
+    although it is the newest row and stamped within the time exclusion; robot 1's own recent
+    keyframes stay excluded."""
     from types import SimpleNamespace as NS
 
-    from salad_ros.database import KeyframeDatabase
+    from salad_ros.database import KeyframeDatabase, Origin
 
     dim, rng = 256, np.random.default_rng(2)
     model = ModelIdentity("m", dim)
-    db = KeyframeDatabase(dim, model_name=model.name)
+    db = KeyframeDatabase(dim, model_name=model.name, robot_id=1, session=11)
     own = rng.normal(size=(5, dim)).astype(np.float32)
-    db.add(own, np.arange(5) * SEC, metadata=[{"robot_id": 1, "keyframe_id": i} for i in range(5)])
+    db.add(own, np.arange(5) * SEC)
     place = rng.normal(size=dim).astype(np.float32)
     reg = PeerRegistry(1, 11, model)
     wire = encode(SharedKeyframe(2, 7, 0, 4 * SEC, place, "robot2/cam"), model)
     kf = reg.receive(fill_cloud(NS(header=NS(stamp=NS())), wire, lambda **f: NS(**f)), wire.encoded_size)
-    db.add(kf.descriptor, [kf.stamp_ns], metadata=[{"robot_id": kf.robot_id, "keyframe_id": kf.keyframe_id}])
+    peer_id = int(db.add(kf.descriptor, [kf.stamp_ns], origin=Origin(kf.robot_id, kf.session, [kf.keyframe_id]))[0])
+    assert db.get(peer_id).robot_id == 2 and db.get(peer_id).robot_keyframe_id == 0 and db.own_count == 5
 
     query = place + 0.3 * rng.normal(size=dim).astype(np.float32)
-    ids, _, scores = db.search(query[None], k=len(db))  # unfiltered, then the fleet mask
-    rows = [db.get(int(i)).metadata for i in ids[0]]
-    robots = np.array([r["robot_id"] for r in rows])
-    seq = np.array([r["keyframe_id"] for r in rows])
-    stamps = db.stamps_ns()[ids[0]]
-    ex = SearchExclusions(recent=2, within_ns=3 * SEC)
-    ok = fleet_eligible(ex, robots, seq, stamps, None, query_robot_id=1, own_count=5,
-                        query_stamp_ns=np.int64(5 * SEC), query_position=None)
-    best = int(np.flatnonzero(ok)[0])
-    assert (robots[best], seq[best]) == (2, 0) and scores[0, best] > 0.9
-    assert not ok[(robots == 1) & (seq >= 3)].any()  # own recent keyframes stay excluded
+    ids, _, scores = db.search(query[None], k=len(db), exclude_recent=2, exclude_within_ns=3 * SEC,
+                               query_stamps_ns=[5 * SEC])
+    found = ids[0][ids[0] >= 0]
+    assert found[0] == peer_id and scores[0, 0] > 0.9
+    assert sorted(found.tolist()) == [0, 1, 2, peer_id]  # own 3, 4: the 2 newest and within 3 s
+    # the same rule through the mask on the database's origin columns
+    o = db.origins()
+    ok = fleet_eligible(SearchExclusions(recent=2, within_ns=3 * SEC), o[:, 0], o[:, 2], db.stamps_ns(), None,
+                        query_robot_id=1, own_count=5, query_stamp_ns=np.int64(5 * SEC), query_position=None)
+    assert np.flatnonzero(ok).tolist() == sorted(found.tolist())

@@ -129,15 +129,15 @@ def test_candidate_table_round_trip_through_pointcloud2():
                "rotation_std_rad": np.inf, "translation_std_m": np.inf}
     rows = make_rows(CANDIDATE_COLUMNS, [
         {"query_id": 7, "match_id": 2, "match_stamp_sec": 12, "match_stamp_nanosec": 500, "score": 0.75,
-         "rank": 0, "inliers": 33, "verified": 1,
+         "rank": 0, "inliers": 33, "verified": 1, "match_robot_id": 3,
          **no_pose, "pose_status": 2, "tx": 1.5, "qz": 0.6, "qw": 0.8, "rotation_std_rad": 0.01,
          "translation_std_m": 0.05},
         {"query_id": 7, "match_id": 4000000000, "match_stamp_sec": -3, "match_stamp_nanosec": 999999999,
-         "score": 0.5, "rank": 1, "inliers": 0, "verified": 0, **no_pose},
+         "score": 0.5, "rank": 1, "inliers": 0, "verified": 0, **no_pose, "match_robot_id": 0},
     ])
     fields, step, data = pack(CANDIDATE_COLUMNS, rows)
     # packed: 7 x 4 bytes + 1, then the pose: 1 + 7 x 8 + 2 x 4
-    assert step == 94 and len(data) == 2 * 94
+    assert step == 98 and len(data) == 2 * 98
     assert [(f.name, f.offset, f.datatype) for f in fields][:5:4] == [("query_id", 0, 6), ("score", 16, FLOAT32)]
     msg = PointCloud2(height=1, width=2, point_step=step, row_step=2 * step, is_dense=True)
     msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in fields]
@@ -148,6 +148,7 @@ def test_candidate_table_round_trip_through_pointcloud2():
     assert out["score"].tolist() == [0.75, 0.5] and out["verified"].tolist() == [1, 0]
     assert out["pose_status"].tolist() == [2, 0] and out["tx"].tolist() == [1.5, 0.0]
     assert out["qw"].tolist() == [0.8, 1.0] and out["translation_std_m"][1] == np.inf
+    assert out["match_robot_id"].tolist() == [3, 0] and fields[-1].offset == 94  # appended last
     assert [(f.name, f.offset) for f in fields if f.name in ("pose_status", "tx", "rotation_std_rad")] == \
         [("pose_status", 29), ("tx", 30), ("rotation_std_rad", 86)]
     # a big-endian producer is read correctly too

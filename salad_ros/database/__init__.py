@@ -5,7 +5,8 @@ One job per module:
 * :mod:`.config`    - :class:`DatabaseConfig` (ROS parameters ``database.*``), :class:`DatabaseError`;
 * :mod:`.index`     - faiss index factory, GPU placement (:func:`choose_device`), sizing, search
   knobs and the canonical-order search with its thread pool;
-* :mod:`.table`     - the keyframe records (stamps, poses, frame ids, metadata), :class:`Keyframe`;
+* :mod:`.table`     - the keyframe records (stamps, poses, frame ids, metadata, origin: which
+  robot made it), :class:`Keyframe`, :class:`Origin`;
 * :mod:`.keyframes` - :class:`KeyframeDatabase`: add, lookup, search (with the exclusion rule of
   :mod:`salad_ros.exclusions`), save and load;
 * :mod:`.storage`   - the generational, checksummed on-disk format (``FORMAT_NAME``): save with
@@ -24,10 +25,10 @@ from .config import DatabaseConfig, DatabaseError
 from .index import choose_device
 from .keyframes import KeyframeDatabase
 from .storage import FORMAT_NAME, FORMAT_VERSION, MANIFEST
-from .table import MAX_METADATA_BYTES, Keyframe
+from .table import MAX_METADATA_BYTES, Keyframe, Origin, new_session
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "MAX_METADATA_BYTES", "DatabaseConfig", "DatabaseError",
-    "Keyframe", "KeyframeDatabase", "Pose", "choose_device", "rotation_angle", "translation_distance",
-    "write_bytes_atomic",
+    "Keyframe", "KeyframeDatabase", "Origin", "Pose", "choose_device", "rotation_angle", "translation_distance",
+    "new_session", "write_bytes_atomic",
 ]

@@ -4,6 +4,12 @@ Descriptors are L2-normalised on the way in and searched by inner product, so sc
 cosine similarities in [-1, 1]. Keyframe ids are 0, 1, 2, ... in insertion order (the
 database is append-only). Searches apply the exclusion rule of :mod:`salad_ros.exclusions`
 by over-fetching (k + the number that could be excluded) and filtering.
+
+A database belongs to one robot (``robot_id``, and ``session``: the lineage of its map, random
+for a new map, kept by saving and loading). With multi-robot operation it also holds peers'
+keyframes (``add(..., origin=...)``); the exclusion rule then applies to the owner's own
+keyframes only (:func:`salad_ros.fleet.policy.fleet_eligible`): a peer's keyframe is never
+"recent", whenever and wherever it was made.
 """
 
 from __future__ import annotations
@@ -17,15 +23,15 @@ from typing import Any
 import numpy as np
 
 from salad_ros.descriptors import unit_rows
-from salad_ros.exclusions import SearchExclusions, eligible, excluded_upper_bound
+from salad_ros.exclusions import SearchExclusions, excluded_upper_bound
+from salad_ros.fleet.policy import fleet_eligible
 from salad_ros.geometry import Pose, pose_to_row
 from salad_ros.params import ConfigError
 
 from . import index as fx
 from . import storage
 from .config import PREFIX, DatabaseConfig
-from .table import Keyframe, KeyframeTable, check_rows
-
+from .table import Keyframe, KeyframeTable, Origin, check_rows, new_session
 
 class KeyframeDatabase:
     """Incremental cosine-similarity index of keyframe descriptors with keyframe records.
@@ -36,17 +42,25 @@ class KeyframeDatabase:
     """
 
     def __init__(self, dim: int, index: str = "flat", fp16: bool = False, *, model_name: str = "",
-                 **options: Any) -> None:
-        """``options`` are further :class:`DatabaseConfig` fields (``hnsw_m=16``, ...)."""
+                 robot_id: int = 0, session: int | None = None, **options: Any) -> None:
+        """``options`` are further :class:`DatabaseConfig` fields (``hnsw_m=16``, ...); ``robot_id``
+        is the owner's fleet id, ``session`` the map's lineage (None: a new random one)."""
         self._setup(dim, DatabaseConfig(index=index, fp16=fp16, **options), model_name)
+        self._set_owner(robot_id, new_session() if session is None else session)
         self._install(fx.new_cpu_index(self.dim, self.config))
 
     @classmethod
-    def from_config(cls, dim: int, cfg: DatabaseConfig, model_name: str = "") -> KeyframeDatabase:
-        """A new, empty database with the options of ``cfg``."""
-        return cls(dim, model_name=model_name, **dataclasses.asdict(cfg))
+    def from_config(cls, dim: int, cfg: DatabaseConfig, model_name: str = "", robot_id: int = 0) -> KeyframeDatabase:
+        """A new, empty database of robot ``robot_id`` with the options of ``cfg``."""
+        return cls(dim, model_name=model_name, robot_id=robot_id, **dataclasses.asdict(cfg))
 
     # ----- setup
+
+    def _set_owner(self, robot_id: int, session: int) -> None:
+        Origin(robot_id, session, np.empty(0))  # checks both are UINT32
+        self.robot_id = int(robot_id)  #: the owner's fleet robot id
+        self.session = int(session)  #: the owner's map lineage
+        self._own_count = 0
 
     def _setup(self, dim: int, cfg: DatabaseConfig, model_name: str) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
@@ -105,25 +119,62 @@ class KeyframeDatabase:
 
     def add(self, descriptors: np.ndarray, stamps_ns: Any, *, frame_ids: str | Sequence[str] | None = None,
             poses: Sequence[Pose | None] | np.ndarray | None = None,
-            metadata: Sequence[dict[str, Any] | None] | None = None) -> np.ndarray:
+            metadata: Sequence[dict[str, Any] | None] | None = None, origin: Origin | None = None) -> np.ndarray:
         """Append keyframes; returns their ids (int64[N]).
 
         ``stamps_ns`` are integer nanoseconds. ``frame_ids`` is one string for all or one per
         keyframe; ``poses`` one :class:`Pose` (or None) per keyframe or an (N, 7) array with
         NaN rows for "no pose"; ``metadata`` one small JSON-able dict (or None) per keyframe.
+        Without ``origin`` they are the owner's next keyframes; with it, a peer robot's
+        (ValueError for the owner's own lineage or a keyframe the database holds already).
         """
         x = unit_rows(descriptors, self.dim, "descriptors")
         n = len(x)
         rows = check_rows(n, stamps_ns, frame_ids, poses, metadata)
+        if origin is not None and len(origin.keyframe_ids) != n:
+            raise ValueError(f"got {n} descriptors but {len(origin.keyframe_ids)} robot keyframe ids")
         if n == 0:
             return np.empty(0, dtype=np.int64)
         with self._lock:
+            rows.origin = self._origin_rows(n, origin)
             first = len(self)
             self._index.add(x)
             self._table.append(rows)
+            if origin is None:
+                self._own_count += n
             if self.config.index == "ivfpq" and not self.trained and len(self) >= self.config.ivf_train_at:
                 self._index = fx.train_ivfpq(self._index, self.dim, self.config, self._pq_m)
             return np.arange(first, first + n, dtype=np.int64)
+
+    def _origin_rows(self, n: int, origin: Origin | None) -> np.ndarray:
+        """int64[n, 3] origin rows of ``n`` new keyframes (checked against the table)."""
+        if origin is None:
+            ids = np.arange(self._own_count, self._own_count + n, dtype=np.int64)
+            return np.stack([np.full(n, self.robot_id), np.full(n, self.session), ids], axis=1)
+        if (origin.robot_id, origin.session) == (self.robot_id, self.session):
+            raise ValueError("peer keyframes can't have the owner's robot id and session")
+        if len(set(origin.keyframe_ids.tolist())) != n or any(
+                self._table.find(origin.robot_id, origin.session, k) is not None for k in origin.keyframe_ids):
+            raise ValueError(f"robot {origin.robot_id} keyframes {origin.keyframe_ids.tolist()[:5]}: "
+                             "the database holds them already (or they repeat)")
+        return np.stack([np.full(n, origin.robot_id), np.full(n, origin.session), origin.keyframe_ids], axis=1)
+
+    @property
+    def own_count(self) -> int:
+        """The owner's keyframes (its next keyframe gets this robot keyframe id)."""
+        return self._own_count
+
+    def origins(self, ids: Any = None) -> np.ndarray:
+        """Copy of int64[N, 3] rows (robot_id, session, robot_keyframe_id) of ``ids`` (default all);
+        ids must exist (IndexError otherwise)."""
+        with self._lock:
+            o = self._table.origins
+            return o.copy() if ids is None else o[np.asarray(ids, dtype=np.int64)]
+
+    def find(self, robot_id: int, session: int, robot_keyframe_id: int) -> int | None:
+        """The id of robot ``robot_id``'s keyframe ``robot_keyframe_id`` of lineage ``session``, or None."""
+        with self._lock:
+            return self._table.find(robot_id, session, robot_keyframe_id)
 
     # ----- lookup
 
@@ -166,10 +217,11 @@ class KeyframeDatabase:
 
         Scores are cosine similarities in [-1, 1], best first (ties: lower id first). Where
         fewer than ``k`` keyframes qualify, ids and stamps are -1 and scores -inf. Excluded
-        (:mod:`salad_ros.exclusions`): the ``exclude_recent`` newest keyframes; keyframes whose
-        stamp is within ``exclude_within_ns`` of the query stamp (or of the newest keyframe when
-        ``query_stamps_ns`` is None); with ``query_poses`` and ``exclude_radius > 0``,
-        keyframes whose pose lies within that many metres of the query's pose.
+        (:mod:`salad_ros.exclusions`, among the owner's own keyframes only): the
+        ``exclude_recent`` newest keyframes; keyframes whose stamp is within ``exclude_within_ns``
+        of the query stamp (or of the newest keyframe when ``query_stamps_ns`` is None); with
+        ``query_poses`` and ``exclude_radius > 0``, keyframes whose pose lies within that many
+        metres of the query's pose. Peers' keyframes are never excluded.
         """
         q = unit_rows(queries, self.dim, "queries")
         nq, k = len(q), int(k)
@@ -191,9 +243,10 @@ class KeyframeDatabase:
                 fetch = min(fetch, fx.GPU_MAX_K)
             dist, idx = fx.search_sorted(self._index, q, fetch, self._on_gpu)
             safe = np.where(idx >= 0, idx, 0)
-            valid = (idx >= 0) & eligible(
-                ex, idx, st[safe], pos[safe], query_count=n,
-                query_stamp_ns=None if ref is None else ref[:, None],
+            origin = self._table.origins[safe]
+            valid = (idx >= 0) & fleet_eligible(
+                ex, origin[..., 0], origin[..., 2], st[safe], pos[safe], query_robot_id=self.robot_id,
+                own_count=self._own_count, query_stamp_ns=None if ref is None else ref[:, None],
                 query_position=None if qpos is None else qpos[:, None, :])
             # stable sort keeps the score order among the valid ones
             take = min(k, fetch)
@@ -227,9 +280,10 @@ class KeyframeDatabase:
     # ----- housekeeping
 
     def clear(self) -> None:
-        """Remove every keyframe (ids start again at 0)."""
+        """Remove every keyframe (ids start again at 0, in a new session)."""
         with self._lock:
             self._setup(self.dim, self.config, self.model_name)
+            self._set_owner(self.robot_id, new_session())  # a new map: a new lineage
             self._install(fx.new_cpu_index(self.dim, self.config))
 
     def set_search_params(self, *, hnsw_ef_search: int | None = None, ivf_nprobe: int | None = None) -> None:
@@ -272,25 +326,30 @@ class KeyframeDatabase:
         t = self._table
         return storage.Contents(self.dim, self.model_name, self.config, self.trained,
                                 fx.to_cpu(self._index, self._on_gpu, self.config.fp16),
-                                t.stamps, t.poses, t.frame_ids, t.metadata)
+                                t.stamps, t.poses, t.frame_ids, t.metadata, t.origins, self.robot_id, self.session)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], expected_dim: int | None = None,
-             expected_model: str | None = None, *, config: DatabaseConfig | None = None) -> KeyframeDatabase:
+             expected_model: str | None = None, *, config: DatabaseConfig | None = None,
+             robot_id: int | None = None) -> KeyframeDatabase:
         """Load a database saved by :meth:`save`; never modifies the files.
 
         Refuses (:class:`DatabaseError`) a missing or damaged manifest or data file, another
-        format version, a dimension other than ``expected_dim`` or a model other than
-        ``expected_model``. With ``config``, its index type and fp16 must match the stored
-        ones; its search-time options (ef_search, nprobe, use_gpu, train_at) are applied.
+        format version, a dimension other than ``expected_dim``, a model other than
+        ``expected_model`` or a map of another robot than ``robot_id``. With ``config``, its
+        index type and fp16 must match the stored ones; its search-time options (ef_search,
+        nprobe, use_gpu, train_at) are applied. A map of format version 1 (before robots had
+        ids) is the own map of robot ``robot_id`` (0 when None), in a new session.
         """
-        c = storage.load(directory, expected_dim, expected_model, config)
+        c = storage.load(directory, expected_dim, expected_model, config, robot_id)
         db = cls.__new__(cls)
         db._setup(c.dim, c.config, c.model_name)
+        db._set_owner(c.robot_id, c.session)
         if fx.is_trained_ivfpq(c.index):
             c.index.make_direct_map()
             db._pq_m = int(c.index.pq.M)
         db._install(c.index)
         fx.apply_search_params(db._index, db.config)
-        db._table = KeyframeTable.from_saved(c.stamps, c.poses, c.frame_ids, c.metadata)
+        db._table = KeyframeTable.from_saved(c.stamps, c.poses, c.frame_ids, c.metadata, c.origins)
+        db._own_count = int(np.count_nonzero((c.origins[:, 0] == db.robot_id) & (c.origins[:, 1] == db.session)))
         return db

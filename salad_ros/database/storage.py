@@ -2,14 +2,18 @@
 
 Format ``FORMAT_NAME`` version ``FORMAT_VERSION``, one directory::
 
-    manifest.json               format, version, dim, model_name, count, index options and,
-                                for every data file, its name, byte size and sha256
+    manifest.json               format, version, dim, model_name, count, index options, the
+                                owner {"robot_id", "session"} and, for every data file, its
+                                name, byte size and sha256
     index-<gen>.faiss           the CPU faiss index (faiss's own serialisation, no pickle);
                                 it is the descriptor store: exact fp32/fp16 vectors for flat
                                 and hnsw (so reloading gives identical results), PQ codes for
                                 a trained ivfpq index
     keyframes-<gen>.npz         ids int64[N], stamps_ns int64[N], poses float64[N,7]
-                                (x y z qx qy qz qw, NaN rows = no pose); loaded without pickle
+                                (x y z qx qy qz qw, NaN rows = no pose), robot_ids,
+                                sessions, robot_keyframe_ids int64[N] (who made each
+                                keyframe; the owner's own ones are 0..k-1 in order); loaded
+                                without pickle
     records-<gen>.json          {"frame_ids": [...], "metadata": [...]}
     thumbnails-<gen>.npz        optional attachment (:data:`ATTACHMENTS`): the pipeline's
                                 verification thumbnails, committed with the map
@@ -18,7 +22,8 @@ Format ``FORMAT_NAME`` version ``FORMAT_VERSION``, one directory::
 
 :func:`save` writes the next generation's data files (temporary name, fsync, rename), then
 atomically replaces ``manifest.json`` the same way and fsyncs the directory, and only then
-deletes the previous generation. A crash at any point leaves the previous manifest pointing at
+deletes the previous generation. Version 1 (before robots had ids: no owner, no origin
+columns) still loads, as the own map of the loading robot; later versions are refused. A crash at any point leaves the previous manifest pointing at
 complete previous files; the map and its attachments switch together. One writer per directory
 at a time (an flock on ``.lock``).
 :func:`load` only reads: it checks format, version, dimension, model and every file's kind
@@ -49,10 +54,12 @@ from salad_ros.params import ConfigError
 from . import backup
 from .config import DatabaseConfig, DatabaseError
 from .index import expected_classes
-from .table import MAX_FRAME_ID_CHARS, MAX_METADATA_BYTES
+from .table import MAX_FRAME_ID_CHARS, MAX_METADATA_BYTES, new_session
 
 FORMAT_NAME = "salad_ros.keyframe_db"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads (1: a single robot's map, from before multi-robot operation).
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 #: A manifest is ~2 kB; a larger one is not parsed.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -83,6 +90,9 @@ class Contents:
     poses: np.ndarray  #: float64[N, 7]
     frame_ids: list[str]
     metadata: list[Any]
+    origins: np.ndarray  #: int64[N, 3]: robot_id, session, robot_keyframe_id
+    robot_id: int  #: the owner
+    session: int  #: the owner's map lineage
 
 
 def _write_faiss_index(index: Any, write: Callable[[bytes], None]) -> None:
@@ -135,7 +145,8 @@ def save(directory: str | os.PathLike[str], c: Contents, attachments: Mapping[st
                  "records": f"records-{gen:06d}.json", **{k: f"{k}-{gen:06d}.npz" for k in attachments}}
         n = len(c.frame_ids)
         table = io.BytesIO()
-        np.savez(table, ids=np.arange(n, dtype=np.int64), stamps_ns=c.stamps, poses=c.poses)
+        np.savez(table, ids=np.arange(n, dtype=np.int64), stamps_ns=c.stamps, poses=c.poses,
+                 robot_ids=c.origins[:, 0], sessions=c.origins[:, 1], robot_keyframe_ids=c.origins[:, 2])
         records = json.dumps({"frame_ids": c.frame_ids, "metadata": c.metadata},
                              allow_nan=False, separators=(",", ":")).encode()
         contents: dict[str, Callable[[fileio.Writer], None]] = {
@@ -201,7 +212,7 @@ def on_disk(directory: str | os.PathLike[str]) -> OnDisk | None:
                             f"for {count} keyframes", fail)
         with contextlib.ExitStack() as stack:
             raw = _open_checked(d, *entry, stack, fail).read()
-        stamps = npzfile.read_npz(raw, _table_members(count))["stamps_ns"]
+        stamps = npzfile.read_npz(raw, _table_members(count, int(man["version"])))["stamps_ns"]
         names = tuple(str(f["name"]) for f in files.values() if isinstance(f, dict) and _DATA_FILE_RE.match(str(f.get("name"))))
         return OnDisk(gen, count, stamps, names + legacy + (MANIFEST,))
     except Exception as exc:  # noqa: BLE001 - an unreadable map: keep everything that may belong to it
@@ -250,6 +261,8 @@ def _manifest(c: Contents, gen: int, files: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "generation": gen,
         "dim": c.dim, "model_name": c.model_name, "count": n, "next_id": n,
+        "owner": {"robot_id": c.robot_id, "session": c.session},
+        "robots": sorted({int(r) for r in np.unique(c.origins[:, 0])}) if n else [],
         "metric": "inner_product", "normalized": True,
         "descriptor_dtype": "float16" if c.config.fp16 else "float32",
         "index": {"type": c.config.index, "fp16": c.config.fp16, "trained": c.trained,
@@ -264,7 +277,7 @@ def _manifest(c: Contents, gen: int, files: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(directory: str | os.PathLike[str], expected_dim: int | None = None, expected_model: str | None = None,
-         config: DatabaseConfig | None = None) -> Contents:
+         config: DatabaseConfig | None = None, robot_id: int | None = None) -> Contents:
     """Read and check a saved generation (see ``KeyframeDatabase.load``); never modifies files.
 
     Whatever is in the folder (a FIFO or a link to a device as a data file, a manifest of a
@@ -277,7 +290,7 @@ def load(directory: str | os.PathLike[str], expected_dim: int | None = None, exp
         return DatabaseError(f"keyframe database {d}: {problem}")
 
     try:
-        return _load(d, expected_dim, expected_model, config, fail)
+        return _load(d, expected_dim, expected_model, config, robot_id, fail)
     except DatabaseError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises: one error naming it
@@ -285,8 +298,9 @@ def load(directory: str | os.PathLike[str], expected_dim: int | None = None, exp
 
 
 def _load(d: Path, expected_dim: int | None, expected_model: str | None, config: DatabaseConfig | None,
-          fail: Callable[[str], DatabaseError]) -> Contents:
+          robot_id: int | None, fail: Callable[[str], DatabaseError]) -> Contents:
     man = _read_manifest(d, fail)
+    version = int(man["version"])
     try:
         dim, count, model = int(man["dim"]), int(man["count"]), str(man["model_name"])
         idx_info, files, stored_cfg = man["index"], man["files"], man["config"]
@@ -309,7 +323,7 @@ def _load(d: Path, expected_dim: int | None, expected_model: str | None, config:
         handles = {key: _open_checked(d, name, size, sha, stack, fail) for key, (name, size, sha) in entries.items()}
         table_bytes, records_bytes = handles["keyframes"].read(), handles["records"].read()
         try:
-            table = npzfile.read_npz(table_bytes, _table_members(count))
+            table = npzfile.read_npz(table_bytes, _table_members(count, version))
         except npzfile.NpzError as exc:
             raise fail(f"data file {entries['keyframes'][0]}: {exc}") from exc
         frame_ids, metas = _parse_records(records_bytes, count, lambda p: fail(f"data file {entries['records'][0]}: {p}"))
@@ -327,12 +341,45 @@ def _load(d: Path, expected_dim: int | None, expected_model: str | None, config:
     allowed = expected_classes(db_cfg.index, fp16, trained)
     if type(index).__name__ not in allowed:
         raise fail(f"index is a {type(index).__name__}, expected {' or '.join(allowed)}")
-    return Contents(dim, model, db_cfg, trained, index, stamps, poses, frame_ids, metas)
+    owner, session, origins = _owner(man, table, count, robot_id, fail)
+    return Contents(dim, model, db_cfg, trained, index, stamps, poses, frame_ids, metas, origins, owner, session)
 
 
-def _table_members(count: int) -> dict[str, npzfile.Member]:
-    return {"ids": npzfile.Member("i", (count,), 8), "stamps_ns": npzfile.Member("i", (count,), 8),
-            "poses": npzfile.Member("f", (count, 7), 8)}
+def _owner(man: dict[str, Any], table: dict[str, np.ndarray], count: int, robot_id: int | None,
+           fail: Callable[[str], DatabaseError]) -> tuple[int, int, np.ndarray]:
+    """The owner's robot id and session and the origin rows of a loaded map (checked)."""
+    if int(man["version"]) == 1:  # one robot's map, from before fleets: the loading robot's own
+        own = 0 if robot_id is None else int(robot_id)
+        session = new_session()
+        return own, session, np.stack([np.full(count, own), np.full(count, session), np.arange(count)], axis=1)
+    info = man.get("owner")
+    try:
+        own, session = int(info["robot_id"]), int(info["session"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"{MANIFEST} lacks or has a bad owner: {exc}") from exc
+    if robot_id is not None and own != int(robot_id):
+        raise fail(f"is the map of robot_id {own}, this robot is robot_id {robot_id} (start with robot_id {own}, "
+                   "or another database_path: a robot continues only its own map)")
+    origins = np.stack([table["robot_ids"], table["sessions"], table["robot_keyframe_ids"]], axis=1)
+    if count and (origins.min() < 0 or origins[:, :2].max() >= 1 << 32 or origins[:, 2].max() >= 1 << 32):
+        raise fail("keyframe table has robot ids, sessions or robot keyframe ids outside UINT32")
+    mine = (origins[:, 0] == own) & (origins[:, 1] == session)
+    if not np.array_equal(origins[mine, 2], np.arange(int(mine.sum()))):
+        raise fail("keyframe table: the owner's keyframes are not numbered 0, 1, 2, ... in order")
+    if np.any((origins[:, 0] == own) & ~mine):
+        raise fail(f"keyframe table holds keyframes of robot {own} (the owner's id) from another session")
+    if len(np.unique(origins, axis=0)) != count:
+        raise fail("keyframe table holds a robot's keyframe twice")
+    return own, session, origins
+
+
+def _table_members(count: int, version: int = FORMAT_VERSION) -> dict[str, npzfile.Member]:
+    members = {"ids": npzfile.Member("i", (count,), 8), "stamps_ns": npzfile.Member("i", (count,), 8),
+               "poses": npzfile.Member("f", (count, 7), 8)}
+    if version >= 2:
+        members.update({name: npzfile.Member("i", (count,), 8)
+                        for name in ("robot_ids", "sessions", "robot_keyframe_ids")})
+    return members
 
 
 def _first_line(exc: BaseException) -> str:
@@ -358,8 +405,9 @@ def _read_manifest(d: Path, fail: Callable[[str], DatabaseError]) -> dict[str, A
         raise fail(f"{MANIFEST} is damaged (invalid JSON: {why})") from exc
     if man.get("format") != FORMAT_NAME:
         raise fail(f"{MANIFEST} is not a {FORMAT_NAME} manifest (format={man.get('format')!r})")
-    if man.get("version") != FORMAT_VERSION:
-        raise fail(f"format version {man.get('version')!r} is not supported (this code reads {FORMAT_VERSION})")
+    if man.get("version") not in READABLE_VERSIONS:
+        raise fail(f"format version {man.get('version')!r} is not supported (this code reads versions "
+                   f"{', '.join(map(str, READABLE_VERSIONS))}; a newer salad_ros wrote it)")
     return man
 
 
@@ -393,7 +441,7 @@ def size_bounds(count: int, dim: int, cfg: DatabaseConfig, fp16: bool, trained: 
         least = vector
     per = 4 * dim + 16 * cfg.hnsw_m + 64  # fp32 vector + HNSW links (both levels) + slack
     fixed = (1 << 20) + (cfg.ivf_nlist + 300) * dim * 4 + 64 * cfg.ivf_nlist  # quantiser, PQ/SQ tables
-    table = 3 * (npzfile.MAX_HEADER_BYTES + 1024) + 72 * count  # ids, stamps, poses + zip entries
+    table = 6 * (npzfile.MAX_HEADER_BYTES + 1024) + 96 * count  # ids, stamps, poses, origin + zip entries
     records = 4096 + count * (MAX_METADATA_BYTES + 12 * MAX_FRAME_ID_CHARS + 32)  # \uXXXX escapes: 6-12 bytes a char
     return {"index": (count * least, 2 * (fixed + count * per)), "keyframes": (0, table),
             "records": (0, records)}

@@ -22,7 +22,7 @@ _NUMPY_TYPES = {INT8: "i1", UINT8: "u1", INT16: "i2", UINT16: "u2", INT32: "i4",
 #: ``~/loop_candidates``: one row per candidate of one query image (header = the query's header).
 CANDIDATE_COLUMNS: tuple[tuple[str, int], ...] = (
     ("query_id", UINT32),  # keyframe id of the query image (only keyframes are matched)
-    ("match_id", UINT32),  # matched keyframe id (see ~/keyframes)
+    ("match_id", UINT32),  # matched keyframe id (see ~/keyframes of robot match_robot_id)
     ("match_stamp_sec", INT32),  # matched keyframe's image stamp
     ("match_stamp_nanosec", UINT32),
     ("score", FLOAT32),  # cosine similarity of the SALAD descriptors, higher is better
@@ -41,6 +41,9 @@ CANDIDATE_COLUMNS: tuple[tuple[str, int], ...] = (
     ("qw", FLOAT64),
     ("rotation_std_rad", FLOAT32),  # worst-axis std of the rotation [rad]
     ("translation_std_m", FLOAT32),  # worst-axis std of t [m]; status 1: of the unit direction [rad]
+    # Robot that made the matched keyframe (multi-robot, salad_ros.fleet): the node's own robot_id for
+    # its own loops; match_id is then that robot's keyframe number (see its ~/keyframes).
+    ("match_robot_id", UINT32),
 )
 #: ``~/keyframes``: one row per new keyframe.
 KEYFRAME_COLUMNS: tuple[tuple[str, int], ...] = (
