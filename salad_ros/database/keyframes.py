@@ -33,6 +33,7 @@ from . import storage
 from .config import PREFIX, DatabaseConfig
 from .table import Keyframe, KeyframeTable, Origin, check_rows, new_session
 
+
 class KeyframeDatabase:
     """Incremental cosine-similarity index of keyframe descriptors with keyframe records.
 

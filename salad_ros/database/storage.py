@@ -22,10 +22,10 @@ Format ``FORMAT_NAME`` version ``FORMAT_VERSION``, one directory::
 
 :func:`save` writes the next generation's data files (temporary name, fsync, rename), then
 atomically replaces ``manifest.json`` the same way and fsyncs the directory, and only then
-deletes the previous generation. Version 1 (before robots had ids: no owner, no origin
-columns) still loads, as the own map of the loading robot; later versions are refused. A crash at any point leaves the previous manifest pointing at
+deletes the previous generation. A crash at any point leaves the previous manifest pointing at
 complete previous files; the map and its attachments switch together. One writer per directory
-at a time (an flock on ``.lock``).
+at a time (an flock on ``.lock``). Version 1 (before robots had ids: no owner, no origin
+columns) still loads, as the own map of the loading robot; later versions are refused.
 :func:`load` only reads: it checks format, version, dimension, model and every file's kind
 (regular files only: no FIFO, device or symbolic link), size (within bounds computed from the
 manifest's count and dimension) and checksum before parsing anything, parses with bounded
