@@ -110,6 +110,14 @@ def test_features_are_capped_at_an_even_stride():
     np.testing.assert_array_equal(got.features.points[-1], kf.features.points[-1])
 
 
+def test_a_cap_of_zero_features_sends_none():
+    """fleet.max_features 0 (or a message budget that leaves no room): the keyframe goes without
+    features, not as a message the decoder refuses (focal length without keypoints)."""
+    rng = np.random.default_rng(5)
+    got = decode(cloud(keyframe(rng, n=50), max_features=0), MODEL)
+    assert got.features is None
+
+
 def test_quantisation_cosine_and_retrieval_agreement():
     rng = np.random.default_rng(5)
     x = unit(rng.normal(size=(200, D)).astype(np.float32))

@@ -176,6 +176,8 @@ def encode(kf: SharedKeyframe, model: ModelIdentity, max_features: int | None = 
     feats = kf.features
     if feats is not None and max_features is not None:
         feats = feats.limited(max_features)
+    if feats is not None and len(feats) == 0:  # none left (or none found): a message without features
+        feats = None
     if feats is not None:
         _check_features(feats)
     n = 0 if feats is None else len(feats)
