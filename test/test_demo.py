@@ -1,4 +1,4 @@
-"""The demo bag generator: interface, determinism, revisit geometry, and the demo script."""
+"""The demo bag generator: interface, determinism, revisit geometry, other robots (--robot), and the demo script."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from salad_ros.evaluation import demo_bag
-from salad_ros.io.bags import BagReader
+from salad_ros.io.bags import BagReader, default_typestore
 from salad_ros.io.images import msg_to_rgb
 from salad_ros.io.messages import pose_from_msg
 from salad_ros.io.trajectory import read_tum
@@ -99,3 +100,105 @@ def test_photographs_become_murals(tmp_path):
         mx, mn = im.max(axis=2).astype(int), im.min(axis=2).astype(int)
         return int(np.sum((mx > 100) & (mn < 0.15 * mx)))
     assert pure(murals) > pure(plain) + 50
+
+
+# -- --robot N: other robots of a fleet in the same city
+
+
+def raw_messages(bag: Path) -> list[tuple[str, int, bytes]]:
+    """Every message of the bag as (topic, log time, serialised bytes)."""
+    store = default_typestore()
+    with BagReader(bag) as r:
+        return [(m.topic, m.log_time_ns, bytes(store.serialize_cdr(m.msg, m.msgtype)))
+                for m in r.messages(list(r.topics))]
+
+
+def test_robot_0_is_the_default_byte_for_byte(tmp_path):
+    kw = dict(frames=6, size=(96, 72), supersample=1, seed=2)
+    demo_bag.generate(tmp_path / "default", **kw)
+    b = demo_bag.generate(tmp_path / "robot0", robot=0, **kw)
+    assert b["robot"] == 0 and b["start_m"] == 0.0 and b["lights"] == ["noon", "dusk"]
+    assert b["directions"] == ["counter-clockwise", "counter-clockwise"]
+    ma, mb = raw_messages(tmp_path / "default"), raw_messages(tmp_path / "robot0")
+    assert len(ma) > 100 and ma == mb
+    assert {t for t, _, _ in ma} == {demo_bag.IMAGE_TOPIC, demo_bag.ODOM_TOPIC, "/camera/camera_info",
+                                     "/camera/depth/image_raw"}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Robots 0, 1 and 2: summary, odometry as arrays, images with the pose nearest their stamp."""
+    out = tmp_path_factory.mktemp("fleet")
+    robots = {}
+    for robot in (0, 1, 2):
+        info = demo_bag.generate(out / f"robot{robot}", frames=24, size=(160, 120), supersample=1, depth="none",
+                                 robot=robot)
+        _, images, odom = read_all(out / f"robot{robot}")
+        stamps = np.array([s for s, _ in odom])
+        xy = np.array([[p.x, p.y] for _, p in odom])
+        yaw = np.array([2 * np.arctan2(p.qz, p.qw) for _, p in odom])
+        at = np.abs(stamps[None] - np.array([s for s, _ in images])[:, None]).argmin(axis=1)  # odometry of each image
+        robots[robot] = dict(info=info, stamps=stamps, xy=xy, yaw=yaw, images=[rgb for _, rgb in images],
+                             image_xy=xy[at], image_yaw=yaw[at])
+    return robots
+
+
+def angle_deg(a: np.ndarray) -> np.ndarray:
+    return np.degrees(np.abs(np.angle(np.exp(1j * a))))
+
+
+def test_other_robot_drives_the_same_streets_from_elsewhere(fleet):
+    r0, r1 = fleet[0], fleet[1]
+    info = r1["info"]
+    assert info["robot"] == 1 and info["directions"] == ["clockwise", "counter-clockwise"]
+    assert 0.25 * info["route_length_m"] <= info["start_m"] <= 0.75 * info["route_length_m"]
+    # Inside the street: between the block and the outer ring, never on a facade.
+    bx, by = demo_bag.BLOCK_HALF
+    out_of_block = np.hypot(np.maximum(np.abs(r1["xy"][:, 0]) - bx, 0), np.maximum(np.abs(r1["xy"][:, 1]) - by, 0))
+    assert out_of_block.min() > 1.5 and out_of_block.max() < demo_bag.STREET - 1.5
+    assert np.linalg.norm(r1["xy"][0] - r0["xy"][0]) > 10  # another start
+    # No jump in the ground truth, the U-turn included (2 m/s at 20 Hz: 0.1 m a sample).
+    assert np.linalg.norm(np.diff(r1["xy"], axis=0), axis=1).max() < 0.5
+    # Stamps: 0.25 s after robot 0's, the drives overlapping in time.
+    assert r1["stamps"][0] - r0["stamps"][0] == 250_000_000 and info["start_ns"] == r1["stamps"][0]
+    assert r1["stamps"][0] < r0["stamps"][-1]
+    t = (r1["stamps"] - r1["stamps"][0]) / 1e9
+    lap1, lap2 = t < info["lap_starts_s"][1] - 3.0, t >= info["lap_starts_s"][1]  # lap 1 without the U-turn
+    d = np.linalg.norm(r1["xy"][:, None] - r0["xy"][None], axis=2)
+    nearest = d.argmin(axis=1)
+    turn = angle_deg(r1["yaw"] - r0["yaw"][nearest])
+    assert turn[lap1].min() > 165, "lap 1 runs the other way round, the camera facing the way it drives"
+    assert turn[lap2].max() < 10, "lap 2 runs robot 0's way"
+    assert d[lap2].min(axis=1).max() < 2.0, "lap 2 passes all of robot 0's places"
+    assert lap1.sum() > 1000 and lap2.sum() > 1000
+
+
+def test_other_robots_see_other_times_of_day(fleet):
+    """At nearby places seen the same way, robots 0, 1 and 2 differ in the mean colour of their
+    images: the light, not the place, changed."""
+    assert fleet[1]["info"]["lights"] == ["morning", "overcast"] and fleet[2]["info"]["lights"] == ["overcast", "evening"]
+
+    def colour_gaps(a: dict, b: dict) -> list[float]:
+        gaps = []
+        for xy, yaw, rgb in zip(a["image_xy"], a["image_yaw"], a["images"]):
+            near = (np.linalg.norm(b["image_xy"] - xy, axis=1) < 2.0) & (angle_deg(b["image_yaw"] - yaw) < 30)
+            gaps += [float(np.linalg.norm(rgb.reshape(-1, 3).mean(0) - b["images"][j].reshape(-1, 3).mean(0)))
+                     for j in np.flatnonzero(near)]
+        return gaps
+
+    for a, b in ((1, 0), (2, 0), (1, 2)):
+        gaps = colour_gaps(fleet[a], fleet[b])
+        assert len(gaps) >= 2 and min(gaps) > 12, (a, b, gaps)
+
+
+def test_cli_robot(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo_bag.main([str(tmp_path / "bad"), "--robot", "-1"])
+    assert exc.value.code == 2 and "--robot" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "robot1"
+    assert demo_bag.main([str(out), "--robot", "1", "--frames", "4", "--width", "160", "--height", "120",
+                          "--supersample", "1", "--depth", "none"]) == 0
+    line = capsys.readouterr().out
+    assert "robot 1 starting" in line and "lap 1 clockwise in morning light" in line and "counter-clockwise in overcast light" in line
+    assert read_all(out)[0][demo_bag.IMAGE_TOPIC].count == 4

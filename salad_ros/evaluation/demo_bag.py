@@ -15,6 +15,14 @@ position, heading as a z rotation), images are sensor_msgs/Image rgb8 on ``/came
 camera's intrinsics on ``/camera/camera_info`` and its exact depth, aligned to the image, on
 ``/camera/depth/image_raw`` (16UC1 mm by default; :mod:`.demo_camera`).
 
+With ``--robot N`` (N >= 1) the bag is another robot's drive through the same city, in the same
+world frame: it starts elsewhere on the route, drives its first lap the other way round
+(clockwise), turns and drives its second lap counter-clockwise like robot 0, under other times
+of day (morning, overcast, evening), in other lanes and at another camera height, its stamps
+``N * 0.25 s`` after robot 0's. Only its second lap sees robot 0's places from robot 0's
+direction, which is what lets a place-recognition descriptor find loops between the robots;
+:mod:`.demo_drive` has the details. Robot 0 (the default) is the bag described above.
+
 Everything is seeded: the same arguments give byte-identical messages.
 """
 
@@ -44,7 +52,13 @@ from .demo_camera import (
     depth_image_msg,
     render_depth,
 )
+from .demo_drive import DAY, DUSK, SPEEDS, Drive, Light
 from .demo_facades import WALL_PX_PER_M, make_facade, smooth_noise
+
+__all__ = [  # DAY, DUSK, Drive, Light and SPEEDS live in .demo_drive and are importable from here as before
+    "BLOCK_HALF", "COMPRESSED_TOPIC", "DAY", "DUSK", "IMAGE_TOPIC", "ODOM_TOPIC", "SPEEDS", "STREET", "Drive", "Light",
+    "Scene", "generate", "load_photos", "main", "make_clouds", "make_street",
+]
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
@@ -55,26 +69,6 @@ BLOCK_HALF = (15.0, 9.0)
 STREET = 8.0
 FLOOR_PX_PER_M = 40.0
 ODOM_RATE_HZ = 20.0
-SPEEDS = (2.0, 1.8)  # m/s on lap 1 and lap 2
-
-
-@dataclass
-class Light:
-    """Illumination of one lap."""
-
-    sun_azimuth: float  # rad
-    sun_elevation: float  # rad
-    ambient: float
-    diffuse: float
-    tint: tuple[float, float, float]  # RGB gain
-    gamma: float
-    sky_top: tuple[int, int, int]
-    sky_horizon: tuple[int, int, int]
-    noise: float  # sensor noise sigma (grey levels)
-
-
-DAY = Light(math.radians(35), math.radians(55), 0.55, 0.5, (1.0, 1.0, 1.0), 1.0, (70, 120, 200), (185, 210, 235), 2.0)
-DUSK = Light(math.radians(215), math.radians(12), 0.32, 0.45, (1.12, 0.86, 0.66), 1.25, (40, 45, 95), (235, 150, 90), 4.5)
 
 
 @dataclass
@@ -359,50 +353,6 @@ def make_clouds(rng: np.random.Generator) -> np.ndarray:
     return np.clip((n - 0.2) * 1.5, 0, 0.85).astype(np.float32)
 
 
-# -- the drive
-
-
-def _smoothstep(x: float) -> float:
-    x = min(1.0, max(0.0, x))
-    return x * x * (3 - 2 * x)
-
-
-@dataclass
-class Drive:
-    """Camera pose as a function of time over two laps."""
-
-    scene: Scene
-
-    @property
-    def lap_times(self) -> tuple[float, float]:
-        L = self.scene.route_length
-        return L / SPEEDS[0], L / SPEEDS[1]
-
-    @property
-    def duration(self) -> float:
-        return sum(self.lap_times)
-
-    def state(self, t: float) -> tuple[float, float, float, float, int]:
-        """(x, y, yaw, camera height, lap 0/1) at time ``t`` seconds."""
-        t1, _ = self.lap_times
-        L = self.scene.route_length
-        if t < t1:
-            s, lap = SPEEDS[0] * t, 0
-            lateral, dyaw, height = 0.0, math.radians(1.0) * math.sin(2 * math.pi * s / 23.0), 1.5
-        else:
-            s, lap = L + SPEEDS[1] * (t - t1), 1
-            ramp = _smoothstep((s - L) / 8.0)  # ease into the new lane over 8 m: no jump in ground truth
-            lateral = ramp * (0.8 + 0.4 * math.sin(2 * math.pi * s / 41.0))
-            dyaw = ramp * math.radians(5.0) * math.sin(2 * math.pi * s / 29.0)
-            height = 1.5 + 0.1 * ramp
-        x, y, heading = self.scene.route(s, lateral)
-        return x, y, heading + dyaw, height, lap
-
-    def pose(self, t: float) -> Pose:
-        x, y, yaw, h, _ = self.state(t)
-        return Pose(x, y, h, 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
-
-
 def load_photos(directory: str | Path) -> list[np.ndarray]:
     files = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     photos = []
@@ -411,6 +361,17 @@ def load_photos(directory: str | Path) -> list[np.ndarray]:
         if bgr is not None:
             photos.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     return photos
+
+
+def _write_odometry(bag: BagWriter, drive: Drive, times: np.ndarray, start_ns: int, gt_stamps: list[int],
+                    gt_poses: list[Pose]) -> None:
+    """Odometry samples at ``times`` (s after ``start_ns``), also kept for the TUM file."""
+    for tk in times:
+        stamp = start_ns + int(round(tk * 1e9))
+        pose = drive.pose(float(tk))
+        bag.write(ODOM_TOPIC, stamp, odometry_msg(pose, stamp))
+        gt_stamps.append(stamp)
+        gt_poses.append(pose)
 
 
 def generate(
@@ -426,16 +387,22 @@ def generate(
     start_ns: int = 1_700_000_000_000_000_000,
     progress: bool = False,
     depth: str = "16UC1",
+    robot: int = 0,
 ) -> dict[str, object]:
-    """Write the demo bag; returns a summary (topics, frame count, duration, lap frame counts).
+    """Write the demo bag of robot ``robot`` (0: the original drive; N >= 1: another robot of a
+    fleet, :mod:`.demo_drive`); returns a summary (topics, frame count, duration, lap frame
+    counts, the robot's start, directions and lights).
 
     Every image comes with a CameraInfo and, unless ``depth`` is ``none``, a depth image of
-    that encoding, both stamped like the image."""
+    that encoding, both stamped like the image. Robot N's stamps start ``N * 0.25 s`` after
+    ``start_ns``."""
     if depth not in DEPTH_ENCODINGS:
         raise ValueError(f"depth must be one of {DEPTH_ENCODINGS}, got {depth!r}")
     out_dir = Path(out_dir)
     scene = Scene(seed, photos)
-    drive = Drive(scene)
+    drive = Drive(scene, robot)  # ValueError for robot < 0
+    plan = drive.plan
+    start_ns += plan.stamp_offset_ns
     T = drive.duration
     frame_times = [T * i / frames for i in range(frames)]
     odom_times = np.arange(0.0, T + 1e-9, 1.0 / ODOM_RATE_HZ)
@@ -453,31 +420,28 @@ def generate(
         for i in iterator:
             t = frame_times[i]
             # Odometry up to and including this frame's time, so the bag is in time order.
-            while k < len(odom_times) and odom_times[k] <= t:
-                stamp = start_ns + int(round(odom_times[k] * 1e9))
-                pose = drive.pose(float(odom_times[k]))
-                bag.write(ODOM_TOPIC, stamp, odometry_msg(pose, stamp))
-                gt_stamps.append(stamp)
-                gt_poses.append(pose)
-                k += 1
+            k_next = int(np.searchsorted(odom_times, t, side="right"))
+            _write_odometry(bag, drive, odom_times[k:k_next], start_ns, gt_stamps, gt_poses)
+            k = k_next
             x, y, yaw, h, lap = drive.state(t)
             laps[lap] += 1
-            rng = np.random.default_rng([seed, i])
-            rgb = scene.render(x, y, yaw, h, DAY if lap == 0 else DUSK, size, rng, supersample=supersample)
+            rng = np.random.default_rng([seed, i] if robot == 0 else [seed, robot, i])
+            rgb = scene.render(x, y, yaw, h, plan.lights[lap], size, rng, supersample=supersample)
             stamp = start_ns + int(round(t * 1e9))
             msg = compressed_image_msg(rgb, stamp, "camera") if compressed else image_msg(rgb, stamp, "camera")
             bag.write(image_topic, stamp, msg)
             bag.write(CAMERA_INFO_TOPIC, stamp, camera_info_msg(camera_matrix(size), size, stamp))
             if depth != "none":
                 bag.write(DEPTH_TOPIC, stamp, depth_image_msg(render_depth(scene, x, y, yaw, h, size), stamp, depth))
-        for tk in odom_times[k:]:
-            stamp = start_ns + int(round(tk * 1e9))
-            pose = drive.pose(float(tk))
-            bag.write(ODOM_TOPIC, stamp, odometry_msg(pose, stamp))
-            gt_stamps.append(stamp)
-            gt_poses.append(pose)
+        _write_odometry(bag, drive, odom_times[k:], start_ns, gt_stamps, gt_poses)
     if tum:
         write_tum(tum, gt_stamps, gt_poses)
+    return _summary(out_dir, storage, image_topic, depth, laps, drive, start_ns)
+
+
+def _summary(out_dir: Path, storage: str, image_topic: str, depth: str, laps: list[int], drive: Drive,
+             start_ns: int) -> dict[str, object]:
+    """What :func:`generate` wrote, for the summary line and callers."""
     return {
         "bag": str(out_dir),
         "image_topic": image_topic,
@@ -485,12 +449,42 @@ def generate(
         "camera_info_topic": CAMERA_INFO_TOPIC,
         "depth_topic": DEPTH_TOPIC if depth != "none" else None,
         "camera_to_base": CAMERA_TO_BASE,
-        "frames": frames,
+        "frames": sum(laps),
         "frames_per_lap": laps,
-        "duration_s": T,
-        "route_length_m": scene.route_length,
+        "duration_s": drive.duration,
+        "route_length_m": drive.scene.route_length,
         "storage": storage,
+        "robot": drive.robot,
+        "start_m": drive.start_m,
+        "directions": list(drive.plan.directions),
+        "lights": [light.name for light in drive.plan.lights],
+        "lap_starts_s": [0.0, drive.lap_times[0]],
+        "start_ns": start_ns,  # the first stamp: the robot's offset included
     }
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _summary_line(info: dict, seconds: float) -> str:
+    lap1, lap2 = info["frames_per_lap"]
+    (dir1, dir2), (light1, light2) = info["directions"], info["lights"]
+    return (
+        f"wrote {info['bag']} ({info['storage']}): robot {info['robot']} starting {info['start_m']:.1f} m along the "
+        f"{info['route_length_m']:.0f} m route: {info['frames']} images on {info['image_topic']} "
+        f"({lap1} on lap 1 {dir1} in {light1} light, {lap2} on lap 2 {dir2} in {light2} light), "
+        f"odometry on {info['odom_topic']}, camera_info on {info['camera_info_topic']}"
+        + (f", depth on {info['depth_topic']}" if info["depth_topic"] else "")
+        + f", {info['duration_s']:.0f} s, {2 * info['route_length_m']:.0f} m in {seconds:.1f} s; "
+        f"camera_to_base '{info['camera_to_base']}'"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="render at N x the size and downsample (anti-aliasing; default 2)")
     parser.add_argument("--depth", choices=DEPTH_ENCODINGS, default="16UC1",
                         help=f"aligned depth on {DEPTH_TOPIC}: 16UC1 mm (default), 32FC1 m, or none")
+    parser.add_argument("--robot", type=_non_negative_int, default=0, metavar="N",
+                        help="0 (default): the demo drive; N >= 1: another robot of a fleet in the same city and world "
+                        "frame (other start, first lap clockwise, other times of day, stamps N * 0.25 s later)")
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2")
@@ -532,15 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     info = generate(args.out_dir, args.frames, args.seed, (args.width, args.height), args.storage, args.compressed,
-                    args.tum, photos, args.supersample, progress=sys.stderr.isatty(), depth=args.depth)
-    print(
-        f"wrote {info['bag']} ({info['storage']}): {info['frames']} images on {info['image_topic']} "
-        f"({info['frames_per_lap'][0]} on lap 1 at noon, {info['frames_per_lap'][1]} on lap 2 at dusk), "
-        f"odometry on {info['odom_topic']}, camera_info on {info['camera_info_topic']}"
-        + (f", depth on {info['depth_topic']}" if info["depth_topic"] else "")
-        + f", {info['duration_s']:.0f} s, {2 * info['route_length_m']:.0f} m in {time.perf_counter() - t0:.1f} s; "
-        f"camera_to_base '{info['camera_to_base']}'"
-    )
+                    args.tum, photos, args.supersample, progress=sys.stderr.isatty(), depth=args.depth, robot=args.robot)
+    print(_summary_line(info, time.perf_counter() - t0))
     return 0
 
 
