@@ -10,6 +10,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 from _pose_scenes import aloe_stereo
+from _scripted import EVERY_FRAME_A_KEYFRAME, ScriptedEncoder
 
 from salad_ros.config import load_config
 from salad_ros.fleet import FleetMessageError, ModelIdentity, SharedKeyframe, encode, fill_cloud
@@ -20,36 +21,10 @@ from salad_ros.params import ConfigError
 from salad_ros.pipeline import LoopClosurePipeline
 
 SEC = 1_000_000_000
-OVERRIDES = {
-    "allow_random_weights": True,
-    "detector.keyframe_min_interval_s": 0.0,
-    "detector.keyframe_max_similarity": 1.0,
-    "detector.exclude_recent_keyframes": 0,
-    "detector.exclude_recent_s": 0.0,
-    "detector.consistency_count": 1,
-    "detector.min_score": 0.99,
-}
-
-
-class ScriptedEncoder:
-    """Descriptor of frame i = one-hot of its place; places given in order."""
-
-    backend, device, input_size = "test", "cpu", (8, 8)
-    model_name = "scripted"
-
-    def __init__(self, places: Sequence[int], dim: int = 16) -> None:
-        self.places = list(places)
-        self.dim = dim
-
-    def encode(self, images, color: str = "rgb") -> np.ndarray:
-        return np.stack([np.eye(self.dim, dtype=np.float32)[self.places.pop(0)] for _ in images])
-
-    def describe(self) -> str:
-        return "scripted"
 
 
 def robot(robot_id: int, places: Sequence[int], path: str = "", dim: int = 16, **overrides) -> LoopClosurePipeline:
-    cfg = load_config(overrides={**OVERRIDES, "robot_id": robot_id, "database_path": path, **overrides})
+    cfg = load_config(overrides={**EVERY_FRAME_A_KEYFRAME, "robot_id": robot_id, "database_path": path, **overrides})
     return LoopClosurePipeline(cfg, encoder=ScriptedEncoder(places, dim))
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from _pose_scenes import ROOM_CASES, K, direction_error_deg, pose, real_room, relative, render, rot  # noqa: E402
 from _pose_scenes import rotation_error_deg as rot_err  # noqa: E402
+from _scripted import EVERY_FRAME_A_KEYFRAME, ScriptedEncoder  # noqa: E402
 
 from salad_ros.config import load_config  # noqa: E402
 from salad_ros.geometry.camera import CameraModel  # noqa: E402
@@ -31,34 +32,8 @@ from salad_ros.pipeline import LoopClosurePipeline  # noqa: E402
 from salad_ros.relative_pose import STATUS_DIRECTION, STATUS_METRIC, STATUS_NONE, RelativePose  # noqa: E402
 
 SEC = 1_000_000_000
-#: Every frame a keyframe, no exclusions, no consistency: frame 2 (= descriptor of frame 0) is a candidate.
-OVERRIDES = {
-    "allow_random_weights": True,
-    "detector.keyframe_min_interval_s": 0.0,
-    "detector.keyframe_max_similarity": 1.0,
-    "detector.exclude_recent_keyframes": 0,
-    "detector.exclude_recent_s": 0.0,
-    "detector.consistency_count": 1,
-    "detector.min_score": 0.99,
-}
+OVERRIDES = EVERY_FRAME_A_KEYFRAME
 CAMERA_TO_BASE = "0.1 0.0 0.5 -0.5 0.5 -0.5 0.5"  # optical frame on a z-up base, 10 cm forward, 50 cm up
-
-
-class ScriptedEncoder:
-    """Descriptor of frame i = place i (one-hot); places repeat as given."""
-
-    backend, device, input_size = "test", "cpu", (8, 8)
-    model_name = "scripted"
-    dim = 8
-
-    def __init__(self, places: Sequence[int]) -> None:
-        self.places = list(places)
-
-    def encode(self, images, color: str = "rgb") -> np.ndarray:
-        return np.stack([np.eye(self.dim, dtype=np.float32)[self.places.pop(0)] for _ in images])
-
-    def describe(self) -> str:
-        return "scripted"
 
 
 @functools.cache
