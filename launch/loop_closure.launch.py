@@ -2,8 +2,12 @@
 
     ros2 launch salad_ros loop_closure.launch.py image_topic:=/camera/image_raw weights:=/path/dino_salad.ckpt
 
-Arguments: image_topic, params_file, weights, namespace, use_sim_time (``ros2 launch ... --show-args``).
-With ``image_transport: compressed`` in the params file the node reads ``<image_topic>/compressed``.
+Arguments: image_topic, params_file, weights, namespace, use_sim_time, robot_id, fleet
+(``ros2 launch ... --show-args``). With ``image_transport: compressed`` in the params file the node
+reads ``<image_topic>/compressed``. A fleet: one launch per robot, each with its own namespace and
+robot_id, all with fleet:=true::
+
+    ros2 launch salad_ros loop_closure.launch.py namespace:=robot1 robot_id:=1 fleet:=true ...
 """
 
 from pathlib import Path
@@ -24,7 +28,13 @@ ARGUMENTS = (
     ("weights", "", "SALAD checkpoint; overrides 'weights' in params_file when not empty"),
     ("namespace", "", "Namespace for the node and its topics"),
     ("use_sim_time", "false", "Use /clock (bag replay)"),
+    ("robot_id", "", "This robot's fleet id; overrides 'robot_id' in params_file when not empty"),
+    ("fleet", "", "true/false: share keyframes with the fleet; overrides 'fleet.enable' when not empty"),
 )
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes")
 
 
 def _node(context, *_args, **_kwargs):
@@ -35,9 +45,13 @@ def _node(context, *_args, **_kwargs):
     # The file's section is keyed by the bare node name, which rcl would not match once a
     # namespace is set; handing the values over as a dict applies them in any namespace.
     params = load_params_yaml(arg["params_file"], DEFAULT_NODE_NAME)
-    params["use_sim_time"] = arg["use_sim_time"].strip().lower() in ("true", "1", "yes")
+    params["use_sim_time"] = _flag(arg["use_sim_time"])
     if arg["weights"]:
         params["weights"] = arg["weights"]
+    if arg["robot_id"].strip():
+        params["robot_id"] = int(arg["robot_id"])  # a bad value fails the launch, naming it
+    if arg["fleet"].strip():
+        params["fleet.enable"] = _flag(arg["fleet"])
     topic = arg["image_topic"]
     return [
         Node(

@@ -14,7 +14,7 @@ from salad_ros.params import DEFAULT_NODE_NAME, load_params_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = ROOT / "launch" / "loop_closure.launch.py"
-ARGUMENTS = {"image_topic", "params_file", "weights", "namespace", "use_sim_time"}
+ARGUMENTS = {"image_topic", "params_file", "weights", "namespace", "use_sim_time", "robot_id", "fleet"}
 
 
 def load_launch_module(name: str = "salad_launch_under_test") -> types.ModuleType:
@@ -86,10 +86,11 @@ def test_arguments_reach_the_node(stub_launch, tmp_path):
     params_file.write_text(f"{DEFAULT_NODE_NAME}:\n  ros__parameters:\n    image_size: 224\n"
                            "    detector:\n      min_score: 0.6\n")
     _, node = _run(stub_launch, image_topic="/cam/image_raw", params_file=str(params_file),
-                   weights="/w/dino_salad.ckpt", namespace="robot1", use_sim_time="true")
+                   weights="/w/dino_salad.ckpt", namespace="robot1", use_sim_time="true", robot_id="1", fleet="true")
     assert node["namespace"] == "robot1"
     assert node["parameters"] == [{"image_size": 224, "detector.min_score": 0.6,
-                                   "weights": "/w/dino_salad.ckpt", "use_sim_time": True}]
+                                   "weights": "/w/dino_salad.ckpt", "use_sim_time": True, "robot_id": 1,
+                                   "fleet.enable": True}]
     assert dict(node["remappings"]) == {"image": "/cam/image_raw"}
 
 
