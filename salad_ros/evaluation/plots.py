@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -151,4 +152,77 @@ def plot_similarity(
     ax.set_ylabel("keyframe")
     ax.set_title((title + "\n" if title else "") + f"{total} keyframes" + (f" (every {step}th shown)" if step > 1 else ""),
                  fontsize=9)
+    return _save(fig, path)
+
+
+#: Colours of robots' paths in the fleet plot (matplotlib's tab10 without its green and red,
+#: which mark true and false loops).
+ROBOT_COLORS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+INTRA_COLOR = "#4d4d4d"
+
+
+def _best_edges(edges: Sequence[tuple], kind: bool | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Of edges ``(query key, query xy, match xy, correct)`` of one kind, the first per query
+    (give them best first) and how many there are in all."""
+    seen: set = set()
+    lines, count = [], 0
+    for key, a, b, ok in edges:
+        if ok is not kind:
+            continue
+        count += 1
+        if key not in seen:
+            seen.add(key)
+            lines.append((a, b))
+    return lines, count
+
+
+def plot_fleet_trajectories(
+    paths: Sequence[tuple[int, np.ndarray]],
+    keyframes: Sequence[tuple[int, np.ndarray]],
+    intra_edges: Sequence[tuple[Any, np.ndarray, np.ndarray, bool | None]],
+    inter_edges: Sequence[tuple[Any, np.ndarray, np.ndarray, bool | None]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """All robots' ground-truth paths ``(robot_id, xy)`` in the shared world frame with their
+    keyframes, accepted loop candidates within a robot (thin grey) and between robots (green:
+    true, red: false, grey dashed: no pose to judge). Edges are ``(query key, query xy, match
+    xy, correct)``, best first; per query only its best edge of each kind is drawn (the legend
+    counts all), so that a random model's hundreds of false candidates stay readable."""
+    fig = Figure(figsize=(8.0, 7.0), layout="constrained")
+    ax = fig.add_subplot()
+    for n, (robot, xy) in enumerate(paths):
+        colour = ROBOT_COLORS[n % len(ROBOT_COLORS)]
+        if len(xy):
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=1.5, alpha=0.7, zorder=1, label=f"robot {robot}")
+            ax.plot(xy[0, 0], xy[0, 1], "^", color=colour, ms=8, zorder=5)
+        kf = dict(keyframes).get(robot)
+        if kf is not None and len(kf):
+            ok = ~np.isnan(kf).any(axis=1)
+            ax.plot(kf[ok, 0], kf[ok, 1], ".", color=colour, ms=3, zorder=2)
+    intra = [(key, a, b, None) for key, a, b, _ in intra_edges]
+    lines, count = _best_edges(intra, None)
+    if lines:
+        ax.add_collection(LineCollection(lines, colors=INTRA_COLOR, linewidths=0.6, alpha=0.35, zorder=2))
+    ax.plot([], [], "-", color=INTRA_COLOR, lw=0.8, alpha=0.5, label=f"{count} intra-robot candidates")
+    # False first, true last: true edges are short (within the loop radius) and must stay on top.
+    for kind, colour, style, name, z in ((None, UNKNOWN_COLOR, "--", "unscored", 3), (False, FALSE_COLOR, "-", "false", 3),
+                                         (True, TRUE_COLOR, "-", "true", 4)):
+        lines, count = _best_edges(inter_edges, kind)
+        if lines:
+            alpha = 0.9 if len(lines) <= 40 else max(0.2, 0.9 * (40 / len(lines)) ** 0.5)
+            ax.add_collection(LineCollection(lines, colors=colour, linewidths=1.4, linestyles=style, alpha=alpha,
+                                             zorder=z))
+            ends = np.array([b for _, b in lines])
+            ax.plot(ends[:, 0], ends[:, 1], "o", mfc="none", mec=colour, ms=6, mew=1.0, zorder=z)
+        if count or kind is not None:
+            ax.plot([], [], style, color=colour, lw=2, label=f"{count} {name} inter-robot candidates (o match)")
+    ax.autoscale_view()
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x [m]")
+    ax.set_ylabel("y [m]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
+    ax.set_title((title + "\n" if title else "") + "ground truth in the world frame (\u25b2 start; per query its best "
+                 "candidate of each kind drawn)", fontsize=9)
     return _save(fig, path)

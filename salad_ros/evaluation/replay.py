@@ -15,6 +15,10 @@ With ``--camera-info-topic`` (and ``--depth-topic``) loop candidates get relativ
 the node, and ``report.json`` gains ``relative_pose`` (:mod:`.pose_eval`, plot
 ``relative_pose.png``).
 
+Several bags (one per robot, ``--robot-ids``) are replayed together as a fleet sharing keyframes:
+:mod:`.fleet_replay` (driving), :mod:`.fleet_metrics` (intra- and inter-robot scoring) and
+:mod:`.fleet_report` (its ``report.json``, CSVs and ``fleet_trajectories.png``).
+
 This module is the command line and the order of the steps; the steps live in
 :mod:`.frames` (reading the bag), :mod:`.replay_loop` (driving the pipeline) and
 :mod:`.report` (scoring and writing the outputs).
@@ -27,7 +31,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay a rosbag2 through the SALAD loop detector (same parameters as the node) and score "
         "the loop candidates against ground-truth poses.",
     )
-    p.add_argument("bag", help="rosbag2 directory, or a .mcap / .db3 file")
+    p.add_argument("bags", nargs="+", metavar="bag",
+                   help="rosbag2 directory, or a .mcap / .db3 file; several: one per robot of a fleet, replayed "
+                   "together (see --robot-ids)")
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     gt = p.add_mutually_exclusive_group()
     gt.add_argument("--gt-topic", help="ground truth: nav_msgs/Odometry, geometry_msgs/PoseStamped or "
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-pairs", type=int, default=200, metavar="N",
                    help="ground-truth loop pairs whose relative pose is estimated and scored (evenly sampled; "
                    "default 200)")
+    p.add_argument("--robot-ids", metavar="ID,ID,...",
+                   help="robot ids of the bags, in order (default 0, 1, 2, ...); several bags are replayed as a "
+                   "fleet sharing keyframes (parameters fleet.*), report.json separates intra- and inter-robot loops")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -169,8 +178,17 @@ def main(argv: Sequence[str] | None = None, *, encoder: Any = None) -> int:
 
 def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
     """Replay, score and report: read the settings, run the bag through the pipeline, write
-    the outputs into ``--out`` and print the summary."""
+    the outputs into ``--out`` and print the summary. Several bags: :mod:`.fleet_replay`."""
+    robot_ids = parse_robot_ids(args.robot_ids, len(args.bags))
+    if len(args.bags) > 1:
+        from .fleet_replay import run_fleet
+
+        return run_fleet(args, load_settings(args), robot_ids, encoder_override)
+    args.bag = args.bags[0]
     settings = load_settings(args)
+    if args.robot_ids:
+        settings.cfg = dataclasses.replace(settings.cfg, robot=dataclasses.replace(settings.cfg.robot,
+                                                                                   robot_id=robot_ids[0]))
     result, gt = replay_bag(args, settings, encoder_override)
     check_what_was_read(args, result, settings.tolerance_s)
     ev = evaluate_records(result.records, settings.cfg, gt is not None, args.radius, args.max_yaw,
@@ -182,6 +200,23 @@ def run(args: argparse.Namespace, encoder_override: Any = None) -> int:
     if args.camera_info_topic:
         print(pose_eval.summary_line(ev.relative_pose))
     return 0
+
+
+def parse_robot_ids(text: str | None, bags: int) -> list[int]:
+    """``--robot-ids`` (one distinct id per bag), default 0, 1, 2, ..."""
+    if not text:
+        return list(range(bags))
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--robot-ids expects integers separated by commas, got {text!r}") from None
+    if len(ids) != bags:
+        raise ConfigError(f"--robot-ids gives {len(ids)} ids for {bags} bag{'' if bags == 1 else 's'}: one per bag")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--robot-ids: every robot needs its own id, got {text!r}")
+    if any(not 0 <= i <= (1 << 32) - 2 for i in ids):
+        raise ConfigError(f"--robot-ids: ids are 0 .. {(1 << 32) - 2}, got {text!r}")
+    return ids
 
 
 def score_relative_poses(args: argparse.Namespace, settings: ReplaySettings, result: ReplayRun, ev: Evaluation,
@@ -241,13 +276,11 @@ def load_settings(args: argparse.Namespace) -> ReplaySettings:
     return ReplaySettings(cfg, params, detector_poses, tolerance_s)
 
 
-def build_pipeline(cfg: SaladConfig, encoder_override: Any = None) -> tuple[Any, float]:
-    """The pipeline (model loaded) and the seconds loading took; a model that cannot be loaded
-    is one line, not a traceback."""
+def load_encoder(model: ModelConfig, encoder_override: Any = None) -> tuple[Any, float]:
+    """The model (or ``encoder_override``) and the seconds loading took; a model that cannot be
+    loaded is one line, not a traceback."""
     from ..backends import create_encoder
-    from ..pipeline import LoopClosurePipeline
 
-    model = cfg.model
     t0 = time.perf_counter()
     try:
         encoder = encoder_override or create_encoder(model)
@@ -255,7 +288,15 @@ def build_pipeline(cfg: SaladConfig, encoder_override: Any = None) -> tuple[Any,
         raise
     except Exception as exc:  # a damaged or foreign checkpoint
         raise ReplayError(f"cannot load the model ({model.weights or 'random weights'}): {exc}") from exc
-    return LoopClosurePipeline(cfg, encoder=encoder), time.perf_counter() - t0
+    return encoder, time.perf_counter() - t0
+
+
+def build_pipeline(cfg: SaladConfig, encoder_override: Any = None) -> tuple[Any, float]:
+    """The pipeline (model loaded) and the seconds loading took."""
+    from ..pipeline import LoopClosurePipeline
+
+    encoder, seconds = load_encoder(cfg.model, encoder_override)
+    return LoopClosurePipeline(cfg, encoder=encoder), seconds
 
 
 def random_weights_warning(model: ModelConfig) -> str:
@@ -266,29 +307,46 @@ def random_weights_warning(model: ModelConfig) -> str:
             "about SALAD; they only show that the pipeline runs.")
 
 
+def open_bag(reader: BagReader, bag: str, args: argparse.Namespace, stats: ReadStats) -> tuple[Any, Trajectory | None, int]:
+    """Check an open bag's topics and load its ground truth: ``(image topic info, ground truth,
+    frames expected)``; damage the reader salvaged from is a warning."""
+    if reader.salvaged:
+        print(f"salad_replay: warning: {bag}: {reader.salvaged}", file=sys.stderr)
+    if reader.damaged:
+        print(f"salad_replay: warning: {bag}: {reader.damaged}", file=sys.stderr)
+    info = reader.require_topic(args.image_topic, IMAGE_TYPES, "image topic")
+    if args.gt_topic:
+        reader.require_topic(args.gt_topic, POSE_TYPES, "ground-truth topic")
+    if args.camera_info_topic:
+        reader.require_topic(args.camera_info_topic, ("sensor_msgs/msg/CameraInfo",), "camera_info topic")
+    if args.depth_topic:
+        reader.require_topic(args.depth_topic, ("sensor_msgs/msg/Image",), "depth topic")
+    gt = load_ground_truth(reader, args.gt_topic, args.gt_tum, stats)
+    if gt is not None and len(gt) == 0:
+        raise ReplayError(f"ground truth {gt.source} has no poses")
+    expected = math.ceil(info.count / args.every)
+    if args.max_frames:
+        expected = min(expected, args.max_frames)
+    return info, gt, expected
+
+
+def bag_frames(reader: BagReader, args: argparse.Namespace, settings: ReplaySettings, stats: ReadStats,
+               inputs: PoseInputs) -> Iterator[Frame]:
+    """The bag's selected frames, with their camera_info and depth when asked for."""
+    if args.camera_info_topic:
+        return iter_frames_with_companions(reader, args.image_topic, args.camera_info_topic, args.depth_topic,
+                                           args.every, args.max_frames, stats,
+                                           int(round(settings.cfg.pose.sync_tolerance * 1e9)), inputs)
+    return iter_frames(reader, args.image_topic, args.every, args.max_frames, stats)
+
+
 def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
                encoder_override: Any = None) -> tuple[ReplayRun, Trajectory | None]:
     """Open the bag, check its topics, load the ground truth and the model, and run every
     selected frame through the pipeline."""
     stats = ReadStats()
     with BagReader(args.bag) as reader:
-        if reader.salvaged:
-            print(f"salad_replay: warning: {args.bag}: {reader.salvaged}", file=sys.stderr)
-        if reader.damaged:
-            print(f"salad_replay: warning: {args.bag}: {reader.damaged}", file=sys.stderr)
-        info = reader.require_topic(args.image_topic, IMAGE_TYPES, "image topic")
-        if args.gt_topic:
-            reader.require_topic(args.gt_topic, POSE_TYPES, "ground-truth topic")
-        if args.camera_info_topic:
-            reader.require_topic(args.camera_info_topic, ("sensor_msgs/msg/CameraInfo",), "camera_info topic")
-        if args.depth_topic:
-            reader.require_topic(args.depth_topic, ("sensor_msgs/msg/Image",), "depth topic")
-        gt = load_ground_truth(reader, args.gt_topic, args.gt_tum, stats)
-        if gt is not None and len(gt) == 0:
-            raise ReplayError(f"ground truth {gt.source} has no poses")
-        expected = math.ceil(info.count / args.every)
-        if args.max_frames:
-            expected = min(expected, args.max_frames)
+        info, gt, expected = open_bag(reader, args.bag, args, stats)
         Path(args.out).mkdir(parents=True, exist_ok=True)
 
         pipeline, model_s = build_pipeline(settings.cfg, encoder_override)
@@ -300,12 +358,7 @@ def replay_bag(args: argparse.Namespace, settings: ReplaySettings,
 
         poses = PoseLookup(gt, settings.tolerance_s, settings.detector_poses)
         inputs = PoseInputs()
-        if args.camera_info_topic:
-            frames = iter_frames_with_companions(reader, args.image_topic, args.camera_info_topic, args.depth_topic,
-                                                 args.every, args.max_frames, stats,
-                                                 int(round(settings.cfg.pose.sync_tolerance * 1e9)), inputs)
-        else:
-            frames = iter_frames(reader, args.image_topic, args.every, args.max_frames, stats)
+        frames = bag_frames(reader, args, settings, stats, inputs)
         records, wall = replay_frames(pipeline, frames, poses, settings.cfg.model.batch_size, expected,
                                       not args.no_progress)
         result = ReplayRun(records, stats, info.count, None if gt is None else gt.source, poses.missing,
