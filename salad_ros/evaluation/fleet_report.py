@@ -23,7 +23,7 @@ from .companions import companion_summary
 from .fleet_metrics import KINDS, FleetEvaluation
 from .fleet_replay import FleetRun, RobotRun
 from .replay_loop import ReplaySettings
-from .report import METRIC_DEFINITIONS, RECALL_KS, _json_default, _ms_stats, _pr_curve_rows, format_stamp
+from .report import METRIC_DEFINITIONS, RECALL_KS, format_stamp, json_default, ms_stats, pr_curve_rows
 
 #: Definitions written beside the numbers, in addition to the single-robot ones.
 FLEET_DEFINITIONS = {
@@ -111,10 +111,10 @@ def _timing(fleet: FleetRun, batch_size: int) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "frames_per_s": round(len(records) / wall, 3) if wall > 0 else None,
         "model_load_s": round(fleet.model_load_s, 3),
-        "encode_ms_per_frame": _ms_stats([r.encode_ms for r in records]),
-        "detect_ms_per_frame": _ms_stats([r.detect_ms for r in records]),
-        "decode_ms_per_frame": _ms_stats([r.decode_ms for r in records]),
-        "share_ms_per_keyframe": _ms_stats([1e3 * s for run in fleet.robots for s in run.share_s]),
+        "encode_ms_per_frame": ms_stats([r.encode_ms for r in records]),
+        "detect_ms_per_frame": ms_stats([r.detect_ms for r in records]),
+        "decode_ms_per_frame": ms_stats([r.decode_ms for r in records]),
+        "share_ms_per_keyframe": ms_stats([1e3 * s for run in fleet.robots for s in run.share_s]),
         "batch_size": batch_size,
     }
 
@@ -142,7 +142,7 @@ def build_report(args: Any, settings: ReplaySettings, fleet: FleetRun, ev: Fleet
     report["fleet"] = fleet_section(fleet, settings)
     report["settings"] = _settings(args, settings, fleet)
     report["timing"] = _timing(fleet, settings.cfg.model.batch_size)
-    report["pr_curves"] = {kind: _pr_curve_rows(None if ev is None else ev.pooled[kind]) for kind in KINDS}
+    report["pr_curves"] = {kind: pr_curve_rows(None if ev is None else ev.pooled[kind]) for kind in KINDS}
     report["files"] = files
     return report
 
@@ -265,7 +265,7 @@ def write_outputs(out: Path, args: Any, settings: ReplaySettings, fleet: FleetRu
         files.update(make_plots(out, fleet, ev, title))
     report = build_report(args, settings, fleet, ev, files)
     path = out / "report.json"
-    path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     return report, path
 
 

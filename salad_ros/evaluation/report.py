@@ -111,7 +111,7 @@ def extend_matches(queries: list[M.QueryRecord], desc: np.ndarray, eligible: np.
             q.match_scores = list(q.match_scores) + row[best].tolist()
 
 
-def _ms_stats(values: Sequence[float]) -> dict[str, float]:
+def ms_stats(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"mean": 0.0, "median": 0.0, "p95": 0.0}
     arr = np.asarray(values, dtype=np.float64)
@@ -238,7 +238,7 @@ def _unscored_summary(records: list[FrameRecord], ev: Evaluation) -> dict[str, A
     }
 
 
-def _pr_curve_rows(m: M.LoopMetrics | None) -> list[dict[str, float]]:
+def pr_curve_rows(m: M.LoopMetrics | None) -> list[dict[str, float]]:
     if m is None:
         return []
     return [{"threshold": round(float(t), 6), "precision": round(float(p), 6), "recall": round(float(r), 6)}
@@ -251,9 +251,9 @@ def _timing(run: ReplayRun, batch_size: int) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "frames_per_s": round(n / wall, 3) if wall > 0 else None,
         "model_load_s": round(run.model_load_s, 3),
-        "encode_ms_per_frame": _ms_stats([r.encode_ms for r in records]),
-        "detect_ms_per_frame": _ms_stats([r.detect_ms for r in records]),
-        "decode_ms_per_frame": _ms_stats([r.decode_ms for r in records]),
+        "encode_ms_per_frame": ms_stats([r.encode_ms for r in records]),
+        "detect_ms_per_frame": ms_stats([r.detect_ms for r in records]),
+        "decode_ms_per_frame": ms_stats([r.decode_ms for r in records]),
         "batch_size": batch_size,
     }
 
@@ -294,7 +294,7 @@ def build_report(args: Any, settings: ReplaySettings, run: ReplayRun, ev: Evalua
         "detector_poses": settings.detector_poses,
         "matches_per_query": cfg.detector.top_k,
         "metric_definitions": METRIC_DEFINITIONS,
-        "pr_curve": _pr_curve_rows(ev.metrics),
+        "pr_curve": pr_curve_rows(ev.metrics),
         "timing": _timing(run, cfg.model.batch_size),
         "relative_pose": ev.relative_pose,
         "config": to_flat_dict(cfg),
@@ -312,7 +312,7 @@ def write_outputs(out: Path, args: Any, settings: ReplaySettings, run: ReplayRun
         title = f"{Path(args.bag).name}: {run.model_name}" + (" (RANDOM WEIGHTS)" if run.random_weights else "")
         report["files"].update(make_plots(out, run.records, ev, gt, title))
     report_path = out / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    report_path.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     return report, report_path
 
 
@@ -339,7 +339,7 @@ def print_summary(report: dict[str, Any], report_path: Path, ev: Evaluation, rad
             print(f"{label:<11} {report['files'][key]}")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
