@@ -8,7 +8,9 @@ Definitions:
   between the two samples around the stamp; nearest sample within the pose tolerance at the
   ends), in the frames the estimates are in: base frames when ``camera_to_base`` is set (the
   ground truth is the base's), else camera optical frames (ground-truth poses times
-  ``--gt-camera-to-base``). Estimates follow ``X_match = R X_query + t``.
+  ``--gt-camera-to-base``). Estimates follow ``X_match = R X_query + t``. The lookup works on
+  per-keyframe world poses (:func:`world_poses`, :func:`relative_truth`), so the keyframes may be
+  one robot's or two robots' in a shared world frame (:mod:`.fleet_poses`).
 * **Errors**: rotation = angle of ``R_est^T R_gt`` (deg); translation = ``|t_est - t_gt|`` (m,
   metric poses); direction = angle between ``t_est`` and ``t_gt`` (deg, direction-only poses,
   pairs at least :data:`MIN_BASELINE_M` apart).
