@@ -406,6 +406,12 @@ class LoopClosurePipeline:
         none (no camera given, or evicted from the bounded store)."""
         return self._poses.between(query_id, match_id, method)
 
+    def stored_pose_features(self, keyframe_id: int) -> PoseFeatures | None:
+        """The pose features stored for keyframe ``keyframe_id`` (a peer's: as received), None
+        when it has none (evaluation: what its relative poses are estimated from)."""
+        with self._map_lock:
+            return self._poses.store.get(int(keyframe_id))
+
     def pose_stats(self) -> dict:
         """Relative-pose counters and timings: estimates per status, bad input per kind,
         mean ms per candidate and per keyframe's feature extraction, stored keyframes."""

@@ -1,23 +1,27 @@
 """salad_replay with several bags (one robot each): the intra/inter-robot scoring on hand-computed
 cases, the stamp-ordered driving (peers' keyframes arrive exactly before the queries stamped
-after them, and never change a robot's own keyframes), and the demo fleet end to end.
+after them, and never change a robot's own keyframes), the demo fleet end to end, and relative
+poses within and between robots (ground truth from two robots' world poses by hand; the demo's
+robots 0 and 1 with exact depth, inter-robot poses from the features sent on the fleet wire).
 
-Only the end-to-end test runs the real model (random-weight ViT-S at 126 px, 8448-D, so the fleet
-messages have their real size); the others use the test suite's tiny thumbnail encoder.
+Only the first end-to-end test runs the real model (random-weight ViT-S at 126 px, 8448-D, so the
+fleet messages have their real size); the others use the test suite's tiny thumbnail encoder.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
 from test_replay import PARAMS, TinyEncoder
 
-from salad_ros.evaluation import demo_bag, replay
+from salad_ros.evaluation import demo_bag, demo_camera, fleet_replay, replay
 from salad_ros.evaluation.fleet_metrics import (
     FleetKeyframe,
     Ref,
@@ -25,9 +29,12 @@ from salad_ros.evaluation.fleet_metrics import (
     TruthSettings,
     evaluate_fleet,
 )
-from salad_ros.evaluation.fleet_replay import merge_by_stamp
+from salad_ros.evaluation.fleet_poses import evaluate_fleet_poses, split_budget
+from salad_ros.evaluation.fleet_replay import FleetRun, RobotRun, merge_by_stamp
 from salad_ros.evaluation.frames import Frame
 from salad_ros.exclusions import SearchExclusions
+from salad_ros.io.trajectory import Trajectory
+from salad_ros.relative_pose import RelativePose
 
 SEC = 1_000_000_000
 FRAMES = 40  # per robot: 19-20 per lap
@@ -254,3 +261,151 @@ def test_fleet_without_ground_truth_and_bad_options(fleet_bags, params_file, tmp
                            (["--robot-ids", "a,b"], "integers"), (["--gt-tum", "x.tum"], "--gt-topic")):
         code, _ = replay_run(bags, tmp_path / "b", params_file, *extra, encoder=TinyEncoder())
         assert code == 2 and message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Relative poses between robots
+
+
+def rz(deg: float) -> np.ndarray:
+    a = math.radians(deg)
+    return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+
+
+def pose_row(x: float, y: float, z: float, yaw_deg: float) -> list[float]:
+    a = math.radians(yaw_deg) / 2
+    return [x, y, z, 0.0, 0.0, math.sin(a), math.cos(a)]
+
+
+class FakePipeline:
+    """Answers every relative-pose request with ``answers[method]`` and records the request;
+    its estimates are in base frames (``camera_to_base`` set), as the ground truth is."""
+
+    camera_to_base = np.eye(4)
+
+    def __init__(self, answers: dict) -> None:
+        self.answers, self.calls = answers, []
+
+    def relative_pose(self, query_id: int, match_id: int, method: str) -> RelativePose:
+        self.calls.append((query_id, match_id, method))
+        return self.answers[method]
+
+    def pose_stats(self) -> dict:
+        return {"estimates": 0, "status": {0: 0, 1: 0, 2: 0}, "input": {}, "ms_per_candidate": math.nan,
+                "feature_ms_per_keyframe": math.nan, "stored_keyframes": 0}
+
+    def stored_pose_features(self, keyframe_id: int) -> None:
+        return None
+
+
+def hand_robot(robot: int, rows: list, gt_rows: list, received: list, answers: dict) -> RobotRun:
+    """A robot run from (stamp s, map id, candidates) keyframe rows and its ground truth."""
+    records = [SimpleNamespace(stamp_ns=int(t * SEC), result=SimpleNamespace(
+        is_keyframe=True, keyframe_id=kf_id, robot_keyframe_id=n, candidates=cands, stamp_ns=int(t * SEC)))
+        for n, (t, kf_id, cands) in enumerate(rows)]
+    run = RobotRun(robot, f"bag{robot}", None, gt=Trajectory(np.array([int(t * SEC) for t, _ in gt_rows]),
+                                                            np.array([p for _, p in gt_rows])))
+    run.records, run.pipeline = records, FakePipeline(answers)
+    run.received, run.received_ids = [(r, n) for r, n, _ in received], [i for _, _, i in received]
+    return run
+
+
+def test_inter_robot_ground_truth_is_from_both_robots_world_poses():
+    """Robot A (0) keyframe A0 at (2, 1, 0.5) heading 90 deg; robot B (1) keyframe B1 at
+    (1, 2, 0.3) heading 120 deg, in the shared world frame (each from its own trajectory). B1 in
+    A0's frame: R = Rz(30 deg), t = Rz(-90 deg) (-1, 1, -0.2) = (1, 1, -0.2). B's pipeline (the
+    query's) estimates the pair from B1's id in its map (3) and A0's id there (7, received)."""
+    r_true, t_true = rz(30.0), np.array([1.0, 1.0, -0.2])
+    cand = SimpleNamespace(match_robot_id=0, match_keyframe_id=0, relative_pose=RelativePose(2, r_true, t_true))
+    answers = {"auto": RelativePose(2, r_true, t_true + [0, 0, 0.05]),
+               "essential": RelativePose(1, r_true @ rz(2.0), t_true / np.linalg.norm(t_true))}
+    a = hand_robot(0, [(0, 0, []), (10, 1, [])], [(0, pose_row(2, 1, 0.5, 90)), (10, pose_row(50, 0, 0, 0))],
+                   [(1, 0, 5)], answers)
+    b = hand_robot(1, [(5, 2, []), (15, 3, [cand])], [(5, pose_row(30, 0, 0, 0)), (15, pose_row(1, 2, 0.3, 120))],
+                   [(0, 0, 7), (0, 1, 8)], answers)
+    def at(t: float, xyz: tuple, known: int, refs: tuple = ()) -> FleetKeyframe:
+        return FleetKeyframe(int(t * SEC), np.array(xyz, float), 0.0, [Ref(*r) for r in refs], [Ref(*r) for r in refs],
+                             known)
+
+    ev = evaluate_fleet([RobotKeyframes(0, [at(0, (2, 1, 0.5), 0), at(10, (50, 0, 0), 1)], [(1, 0)]),
+                         RobotKeyframes(1, [at(5, (30, 0, 0), 1), at(15, (1, 2, 0.3), 2, [(0, 0, 0.9)])],
+                                        [(0, 0), (0, 1)])], TruthSettings(SearchExclusions(), radius=3.0))
+    section, samples = evaluate_fleet_poses(FleetRun([a, b]), ev, None)
+    inter = section["inter_robot"]
+    assert section["frame"] == "base" and inter["ground_truth_pairs"]["pairs"] == 1
+    assert b.pipeline.calls == [(3, 7, "auto"), (3, 7, "essential")] and a.pipeline.calls == []
+    depth, mono = inter["ground_truth_pairs"]["with_depth"], inter["ground_truth_pairs"]["monocular"]
+    assert depth["success"] == 1 and depth["rotation_error_deg"]["median"] == pytest.approx(0, abs=1e-6)
+    assert depth["translation_error_m"]["median"] == pytest.approx(0.05, abs=1e-6)
+    assert mono["rotation_error_deg"]["median"] == pytest.approx(2.0, abs=1e-4)
+    assert mono["direction_error_deg"]["median"] == pytest.approx(0, abs=1e-4)
+    cands = inter["accepted_true_candidates"]  # B1's candidate A0 got the exact pose in the run
+    assert cands["count"] == 1 and cands["translation_error_m"]["median"] == pytest.approx(0, abs=1e-6)
+    assert (inter["estimates"], inter["status_counts"]) == (1, {"0": 0, "1": 0, "2": 1})
+    assert section["intra_robot"]["ground_truth_pairs"]["pairs"] == 0 and section["intra_robot"]["estimates"] == 0
+    assert [s.translation_error_m for s in samples["inter_robot"]["with_depth"]] == pytest.approx([0.05])
+
+
+def test_pose_pairs_are_split_between_the_kinds():
+    assert split_budget(200, 500, 500) == (100, 100) and split_budget(5, 9, 9) == (2, 3)
+    assert split_budget(200, 30, 500) == (30, 170) and split_budget(200, 500, 40) == (160, 40)
+    assert split_budget(200, 10, 20) == (10, 20) and split_budget(0, 5, 5) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def depth_bags(tmp_path_factory) -> dict:
+    """Robots 0 and 1 at 640 x 480 with exact depth: at 160 x 120 ORB finds too few features for
+    any pose (the pose features are detected on the image as it is, up to 640 px)."""
+    out = tmp_path_factory.mktemp("fleet_depth")
+    return {robot: demo_bag.generate(out / f"robot{robot}", frames=FRAMES, size=(640, 480), supersample=1,
+                                     robot=robot) for robot in (0, 1)}
+
+
+def test_demo_fleet_relative_poses_within_and_between_robots(depth_bags, tmp_path, capsys, monkeypatch):
+    """Inter-robot poses of the demo's robots 0 and 1 are as accurate as a robot's own (measured:
+    with depth 87 % metric, median 0.20 deg / 0.039 m between robots, 80 %, 0.18 deg / 0.055 m
+    within; the single-bag test asks < 1 deg and < 0.1 m), and they are estimated from exactly the
+    features each keyframe's message carried (fleet.max_features 500 of the sender's 1000)."""
+    runs: list[FleetRun] = []
+    original = fleet_replay.replay_fleet
+    monkeypatch.setattr(fleet_replay, "replay_fleet", lambda *a, **k: runs.append(original(*a, **k)) or runs[-1])
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"salad_loop_closure": {"ros__parameters": {
+        "detector": {**PARAMS["detector"], "min_score": 0.5}}}}))
+    code, report = replay_run([depth_bags[0]["bag"], depth_bags[1]["bag"]], tmp_path / "out", params,
+                              "--gt-topic", "/odom", "--max-yaw", "60", "--camera-info-topic",
+                              demo_camera.CAMERA_INFO_TOPIC, "--depth-topic", demo_camera.DEPTH_TOPIC, "--set",
+                              f"camera_to_base={demo_camera.CAMERA_TO_BASE}", "--pose-pairs", "60",
+                              encoder=TinyEncoder())
+    text = capsys.readouterr().out
+    assert code == 0
+    rp = report["relative_pose"]
+    assert rp["frame"] == "base" and rp["depth_topic"] == demo_camera.DEPTH_TOPIC
+    inter, intra = rp["inter_robot"], rp["intra_robot"]
+    assert inter["ground_truth_pairs"]["evaluated"] + intra["ground_truth_pairs"]["evaluated"] == 60
+    for kind, rate, rot, trans in ((inter, 0.7, 0.5, 0.08), (intra, 0.6, 0.5, 0.1)):
+        depth, mono = kind["ground_truth_pairs"]["with_depth"], kind["ground_truth_pairs"]["monocular"]
+        assert depth["count"] >= 25 and depth["success_rate"] >= rate
+        assert depth["rotation_error_deg"]["median"] < rot and depth["translation_error_m"]["median"] < trans
+        assert mono["status_counts"]["2"] == 0 and mono["rotation_error_deg"]["median"] < 1.5
+        assert mono["direction_error_deg"]["median"] < 5.0
+    # every accepted inter-robot candidate got a pose in the run (the peer's features travelled with it)
+    assert 0 < inter["estimates"] == report["inter_robot"]["candidates"]
+    assert "inter-robot relative pose on" in text and "intra-robot relative pose on" in text
+    assert "not scored" not in text
+    assert (tmp_path / "out" / "relative_pose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # What robot 1 holds of robot 0's keyframes is what robot 0 sent: at most fleet.max_features of its own.
+    zero, one = runs[0].robots
+    sent = {s.number: s.features for s in zero.sent}
+    limit = one.member.max_features
+    trimmed = 0
+    for (peer, number), kf_id in zip(one.received, one.received_ids, strict=True):
+        held = one.pipeline.stored_pose_features(kf_id)
+        own = zero.pipeline.stored_pose_features(int(zero.records[number].result.keyframe_id))
+        assert peer == 0 and len(held) == sent[number] <= limit
+        assert {tuple(p) for p in held.points} <= {tuple(p) for p in own.points}
+        trimmed += len(held) < len(own)
+    assert trimmed > FRAMES // 2, "the sender's keyframes have more features than a message carries"
+    peer = rp["robots"][1]["peer_features"]
+    assert peer["keyframes"] == peer["with_features"] == FRAMES and peer["per_keyframe"]["max"] <= limit

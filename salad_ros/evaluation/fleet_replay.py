@@ -92,6 +92,7 @@ class RobotRun:
     #: Per record: entries of :attr:`received` in the map when the frame was processed.
     peers_known: list[int] = field(default_factory=list)
     received: list[tuple[int, int]] = field(default_factory=list)  #: (robot_id, number) in arrival order
+    received_ids: list[int] = field(default_factory=list)  #: their ids in this robot's map, same order
     sent: list[Shared] = field(default_factory=list)
     rejected: collections.Counter = field(default_factory=collections.Counter)  #: refused messages per kind
     share_s: list[float] = field(default_factory=list)  #: seconds to encode and deliver each own keyframe
@@ -146,11 +147,12 @@ def share(run: RobotRun, number: int, fleet: Sequence[RobotRun]) -> None:
         if other is run:
             continue
         try:
-            other.member.receive(msg, wire.encoded_size)
+            kf_id = other.member.receive(msg, wire.encoded_size)
         except FleetMessageError as exc:  # counted by the member too; the peer's map lacks it
             other.rejected[exc.kind] += 1
             continue
         other.received.append((run.robot_id, number))
+        other.received_ids.append(-1 if kf_id is None else int(kf_id))
     run.share_s.append(time.perf_counter() - t0)
 
 
@@ -315,9 +317,18 @@ def run_fleet(args: argparse.Namespace, settings: ReplaySettings, robot_ids: Seq
         how = TruthSettings(SearchExclusions.from_detector(settings.cfg.detector), args.radius, args.max_yaw,
                             settings.detector_poses)
         ev = evaluate_fleet([scoring_input(r) for r in fleet.robots], how, RECALL_KS)
-    out, path = fleet_report.write_outputs(Path(args.out), args, settings, fleet, ev)
+    poses = score_poses(args, settings, fleet, ev) if args.camera_info_topic else None
+    out, path = fleet_report.write_outputs(Path(args.out), args, settings, fleet, ev, poses)
     fleet_report.print_summary(out, path)
-    if args.camera_info_topic:  # pose_eval scores one robot's map; between robots it is not done yet
-        print("relative poses: estimated for the candidates as in the node (from shared features between robots), "
-              "not scored in a replay of several bags")
     return 0
+
+
+def score_poses(args: argparse.Namespace, settings: ReplaySettings, fleet: FleetRun,
+                ev: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``relative_pose`` section (intra- and inter-robot) and its samples: :mod:`.fleet_poses`."""
+    from .fleet_poses import evaluate_fleet_poses
+    from .replay import gt_camera_to_base
+
+    section, samples = evaluate_fleet_poses(fleet, ev, gt_camera_to_base(args), max_pairs=args.pose_pairs,
+                                            tolerance_ns=int(round(settings.tolerance_s * 1e9)))
+    return {"camera_info_topic": args.camera_info_topic, "depth_topic": args.depth_topic, **section}, samples

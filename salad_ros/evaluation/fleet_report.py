@@ -4,7 +4,8 @@
 ``report.json`` holds ``robots`` (per robot: bag, counts, its own intra/inter metrics and fleet
 counters), ``intra_robot`` and ``inter_robot`` (pooled over all robots, see
 :mod:`.fleet_metrics`), ``fleet`` (what was shared: bytes and features per keyframe, rejected
-messages), ``settings``, ``timing`` and ``files``.
+messages), ``relative_pose`` (with camera_info: intra- and inter-robot pose errors, see
+:mod:`.fleet_poses`; else None), ``settings``, ``timing`` and ``files``.
 """
 
 from __future__ import annotations
@@ -134,12 +135,13 @@ def _settings(args: Any, settings: ReplaySettings, fleet: FleetRun) -> dict[str,
 
 
 def build_report(args: Any, settings: ReplaySettings, fleet: FleetRun, ev: FleetEvaluation | None,
-                 files: dict[str, str]) -> dict[str, Any]:
+                 files: dict[str, str], relative_pose: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of ``report.json`` of a fleet replay."""
     report: dict[str, Any] = {"robots": [_robot_entry(run, ev) for run in fleet.robots]}
     for kind in KINDS:
         report[kind] = _unscored(fleet, kind) if ev is None else dict(ev.pooled[kind].summary)
     report["fleet"] = fleet_section(fleet, settings)
+    report["relative_pose"] = relative_pose
     report["settings"] = _settings(args, settings, fleet)
     report["timing"] = _timing(fleet, settings.cfg.model.batch_size)
     report["pr_curves"] = {kind: pr_curve_rows(None if ev is None else ev.pooled[kind]) for kind in KINDS}
@@ -255,15 +257,21 @@ def _keyframe_xy(run: RobotRun) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
-def write_outputs(out: Path, args: Any, settings: ReplaySettings, fleet: FleetRun,
-                  ev: FleetEvaluation | None) -> tuple[dict[str, Any], Path]:
-    """Write the CSVs, the plots (unless ``--no-plots``) and ``report.json`` into ``out``."""
+def write_outputs(out: Path, args: Any, settings: ReplaySettings, fleet: FleetRun, ev: FleetEvaluation | None,
+                  poses: tuple[dict[str, Any], dict[str, Any]] | None = None) -> tuple[dict[str, Any], Path]:
+    """Write the CSVs, the plots (unless ``--no-plots``) and ``report.json`` into ``out``;
+    ``poses``: the ``relative_pose`` section and its samples per kind (None: no camera_info)."""
     cand_csv, kf_csv = write_csvs(out, fleet, ev)
     files = {"candidates_csv": str(cand_csv), "keyframes_csv": str(kf_csv)}
     if not args.no_plots:
         title = f"{len(fleet.robots)} robots: {fleet.model_name}" + (" (RANDOM WEIGHTS)" if fleet.random_weights else "")
         files.update(make_plots(out, fleet, ev, title))
-    report = build_report(args, settings, fleet, ev, files)
+        if poses is not None and poses[1]:
+            from .pose_plots import plot_pose_error_rows
+
+            rows = [(kind.replace("_", "-"), poses[1][kind]) for kind in KINDS]
+            files["relative_pose_png"] = str(plot_pose_error_rows(rows, out / "relative_pose.png", title))
+    report = build_report(args, settings, fleet, ev, files, None if poses is None else poses[0])
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     return report, path
@@ -307,6 +315,10 @@ def print_summary(report: dict[str, Any], path: Path) -> None:
               "precision/recall are undefined")
     if report["settings"]["random_weights"]:
         print("(random weights: these numbers are not a measure of SALAD)")
+    if report.get("relative_pose") is not None:
+        from .fleet_poses import summary_lines
+
+        print("\n".join(summary_lines(report["relative_pose"])))
     print(f"{'report':<11} {path}")
     for key, value in report["files"].items():
         print(f"{key.removesuffix('_csv').removesuffix('_png'):<11} {value}")

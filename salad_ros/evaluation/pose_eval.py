@@ -8,7 +8,9 @@ Definitions:
   between the two samples around the stamp; nearest sample within the pose tolerance at the
   ends), in the frames the estimates are in: base frames when ``camera_to_base`` is set (the
   ground truth is the base's), else camera optical frames (ground-truth poses times
-  ``--gt-camera-to-base``). Estimates follow ``X_match = R X_query + t``.
+  ``--gt-camera-to-base``). Estimates follow ``X_match = R X_query + t``. The lookup works on
+  per-keyframe world poses (:func:`world_poses`, :func:`relative_truth`), so the keyframes may be
+  one robot's or two robots' in a shared world frame (:mod:`.fleet_poses`).
 * **Errors**: rotation = angle of ``R_est^T R_gt`` (deg); translation = ``|t_est - t_gt|`` (m,
   metric poses); direction = angle between ``t_est`` and ``t_gt`` (deg, direction-only poses,
   pairs at least :data:`MIN_BASELINE_M` apart).
@@ -125,62 +127,114 @@ def summarise(samples: list[PoseSample], success_status: int) -> dict[str, Any]:
     }
 
 
-def keyframe_truth(records: list[Any], ev: Any, gt: Trajectory, camera_to_base: np.ndarray | None,
-                   tolerance_ns: int) -> np.ndarray:
-    """Per keyframe row: the ground-truth 4x4 transform of the frame the estimates are in."""
-    stamps = np.array([records[i].stamp_ns for i in ev.keyframe_rows], np.int64)
-    poses = interpolate(gt, stamps, tolerance_ns)
+def world_poses(gt: Trajectory, stamps_ns: np.ndarray, mount: np.ndarray | None,
+                tolerance_ns: int) -> np.ndarray:
+    """float[N, 4, 4]: the ground-truth poses at ``stamps_ns`` of the frame the estimates are in
+    (the ground truth's frame, times ``mount`` for camera frames); NaN where there is none.
+    Per keyframe of one robot: several robots' keyframes are compared through their world poses."""
+    poses = interpolate(gt, np.asarray(stamps_ns, np.int64), tolerance_ns)
+    return poses @ mount if mount is not None else poses
+
+
+def relative_truth(query_world: np.ndarray, match_world: np.ndarray) -> np.ndarray | None:
+    """``T_m^-1 T_q``: the query's pose in the match's frame (``X_match = R X_query + t``), from
+    two world poses (of one robot or of two in one shared world frame); None when either is unknown."""
+    if not (np.isfinite(query_world).all() and np.isfinite(match_world).all()):
+        return None
+    return invert_transform(match_world) @ query_world
+
+
+def estimate_frame(camera_to_base: np.ndarray | None,
+                   gt_camera_to_base: np.ndarray | None) -> tuple[str, np.ndarray | None] | None:
+    """``(frame name, mount for world_poses)`` the estimates are compared in: base frames when
+    the pipeline has ``camera_to_base``, else camera optical frames through ``--gt-camera-to-base``;
+    None when neither is given (not comparable)."""
     if camera_to_base is not None:
-        poses = poses @ camera_to_base
-    return poses
+        return "base", None
+    if gt_camera_to_base is not None:
+        return "camera_optical", gt_camera_to_base
+    return None
 
 
-def _relative(world: np.ndarray, q: int, m: int) -> np.ndarray:
-    return invert_transform(world[m]) @ world[q]
+#: ``ground_truth`` of a section that is not scored for want of a frame to compare in.
+NOT_COMPARABLE = ("not comparable: estimates are in camera frames; give --gt-camera-to-base "
+                  "(or set camera_to_base)")
+
+
+def evenly(count: int, at_most: int) -> np.ndarray:
+    """Indices of at most ``at_most`` of ``count`` items, evenly spaced, first and last included."""
+    if count <= at_most:
+        return np.arange(count)
+    if at_most <= 0:
+        return np.zeros(0, int)
+    return np.unique(np.linspace(0, count - 1, at_most).round().astype(int))
 
 
 def sample_pairs(truth: np.ndarray, max_pairs: int) -> list[tuple[int, int]]:
     """True-loop (query row, match row) pairs, at most ``max_pairs`` evenly spaced in row order."""
     pairs = np.argwhere(truth)
-    if len(pairs) > max_pairs:
-        pairs = pairs[np.unique(np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int))]
-    return [(int(q), int(m)) for q, m in pairs]
+    return [(int(q), int(m)) for q, m in pairs[evenly(len(pairs), max_pairs)]]
+
+
+@dataclass(frozen=True)
+class TruePair:
+    """A true-loop pair to estimate again: the pipeline that would (the query's, whose map holds
+    both keyframes' pose features), their ids in its map and the ground-truth relative pose."""
+
+    pipeline: Any
+    query_id: int
+    match_id: int
+    truth: np.ndarray
+
+
+def estimate_pairs(pairs: list[TruePair]) -> dict[str, list[PoseSample]]:
+    """``with_depth`` (``auto``) and ``monocular`` (``essential``) samples of every pair."""
+    return {name: [pose_errors(p.pipeline.relative_pose(p.query_id, p.match_id, method), p.truth) for p in pairs]
+            for name, method in (("with_depth", "auto"), ("monocular", "essential"))}
+
+
+def scored_sets(candidates: list[PoseSample], pairs: list[TruePair],
+                total_pairs: int) -> tuple[dict[str, Any], dict[str, list[PoseSample]]]:
+    """The ``accepted_true_candidates`` and ``ground_truth_pairs`` entries of a section (pairs
+    estimated again here; ``total_pairs`` true-loop pairs there were) and the samples of each set."""
+    samples = {"accepted_true_candidates": candidates, **estimate_pairs(pairs)}
+    return {
+        "accepted_true_candidates": summarise(candidates, STATUS_DIRECTION),
+        "ground_truth_pairs": {
+            "pairs": int(total_pairs), "evaluated": len(pairs),
+            "with_depth": summarise(samples["with_depth"], STATUS_METRIC),
+            "monocular": summarise(samples["monocular"], STATUS_DIRECTION),
+        },
+    }, samples
+
+
+def stats_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline's :meth:`pose_stats` as the report's fields."""
+    return {
+        "estimates": stats["estimates"], "status_counts": {str(k): v for k, v in stats["status"].items()},
+        "ms_per_candidate": _round(stats["ms_per_candidate"]),
+        "feature_ms_per_keyframe": _round(stats["feature_ms_per_keyframe"]),
+        "stored_keyframes": stats["stored_keyframes"], "pipeline_input": stats["input"],
+    }
 
 
 def evaluate_relative_poses(pipeline: Any, records: list[Any], ev: Any, gt: Trajectory | None,
                             gt_camera_to_base: np.ndarray | None, *, max_pairs: int = 200,
                             tolerance_ns: int = 100_000_000) -> tuple[dict[str, Any], dict[str, list[PoseSample]]]:
-    """The ``relative_pose`` report section and the samples of each set (for the plot)."""
-    stats = pipeline.pose_stats()
-    section: dict[str, Any] = {
-        "estimates": stats["estimates"], "status_counts": {str(k): v for k, v in stats["status"].items()},
-        "ms_per_candidate": _round(stats["ms_per_candidate"]),
-        "feature_ms_per_keyframe": _round(stats["feature_ms_per_keyframe"]),
-        "stored_keyframes": stats["stored_keyframes"], "pipeline_input": stats["input"],
-        "definitions": DEFINITIONS,
-    }
+    """The ``relative_pose`` report section of one robot and the samples of each set (for the plot)."""
+    section: dict[str, Any] = {**stats_fields(pipeline.pose_stats()), "definitions": DEFINITIONS}
     if gt is None or ev.truth is None:
         return {**section, "ground_truth": "none: no errors computed"}, {}
-    base = pipeline.camera_to_base is not None
-    mount = None if base else gt_camera_to_base
-    if not base and mount is None:
-        return {**section, "ground_truth": "not comparable: estimates are in camera frames; give --gt-camera-to-base "
-                                           "(or set camera_to_base)"}, {}
-    world = keyframe_truth(records, ev, gt, mount, tolerance_ns)
-    section["frame"] = "base" if base else "camera_optical"
-    samples = {"accepted_true_candidates": _candidate_samples(records, ev, world)}
-    pairs = sample_pairs(ev.truth, max_pairs)
+    frame = estimate_frame(pipeline.camera_to_base, gt_camera_to_base)
+    if frame is None:
+        return {**section, "ground_truth": NOT_COMPARABLE}, {}
+    section["frame"], mount = frame
+    world = world_poses(gt, [records[i].stamp_ns for i in ev.keyframe_rows], mount, tolerance_ns)
     kf_ids = [int(records[i].result.keyframe_id) for i in ev.keyframe_rows]
-    for name, method in (("with_depth", "auto"), ("monocular", "essential")):
-        samples[name] = [pose_errors(pipeline.relative_pose(kf_ids[q], kf_ids[m], method), _relative(world, q, m))
-                         for q, m in pairs if np.isfinite(world[[q, m]]).all()]
-    section["accepted_true_candidates"] = summarise(samples["accepted_true_candidates"], STATUS_DIRECTION)
-    section["ground_truth_pairs"] = {
-        "pairs": int(ev.truth.sum()), "evaluated": len(samples["with_depth"]),
-        "with_depth": summarise(samples["with_depth"], STATUS_METRIC),
-        "monocular": summarise(samples["monocular"], STATUS_DIRECTION),
-    }
-    return section, samples
+    pairs = [TruePair(pipeline, kf_ids[q], kf_ids[m], t) for q, m in sample_pairs(ev.truth, max_pairs)
+             if (t := relative_truth(world[q], world[m])) is not None]
+    sets, samples = scored_sets(_candidate_samples(records, ev, world), pairs, int(ev.truth.sum()))
+    return {**section, **sets}, samples
 
 
 def _candidate_samples(records: list[Any], ev: Any, world: np.ndarray) -> list[PoseSample]:
@@ -188,8 +242,8 @@ def _candidate_samples(records: list[Any], ev: Any, world: np.ndarray) -> list[P
     for k, i in enumerate(ev.keyframe_rows):
         for c in records[i].result.candidates:
             j = ev.row_of.get(c.match_id, -1)
-            if j >= 0 and ev.truth[k, j] and np.isfinite(world[[k, j]]).all():
-                out.append(pose_errors(c.relative_pose, _relative(world, k, j)))
+            if j >= 0 and ev.truth[k, j] and (t := relative_truth(world[k], world[j])) is not None:
+                out.append(pose_errors(c.relative_pose, t))
     return out
 
 
@@ -197,13 +251,14 @@ def _round(v: float) -> float | None:
     return round(float(v), 3) if math.isfinite(v) else None
 
 
-def summary_line(section: dict[str, Any] | None) -> str:
-    """One line for the console: success and median errors on the ground-truth pairs."""
+def summary_line(section: dict[str, Any] | None, label: str = "relative pose") -> str:
+    """One line for the console: success and median errors on the ground-truth pairs (``label``
+    names the set, e.g. inter-robot; the timing is left out when the section has none)."""
     if not section:
-        return "relative pose: off (no --camera-info-topic)"
+        return f"{label}: off (no --camera-info-topic)"
     gtp = section.get("ground_truth_pairs")
     if not gtp:
-        return f"relative pose: {section['estimates']} estimates; {section.get('ground_truth', '')}"
+        return f"{label}: {section['estimates']} estimates; {section.get('ground_truth', '')}"
 
     def med(d: dict[str, Any], key: str, fmt: str) -> str:
         v = d[key]["median"]
@@ -211,7 +266,8 @@ def summary_line(section: dict[str, Any] | None) -> str:
 
     d, m = gtp["with_depth"], gtp["monocular"]
     rate = lambda s: "n/a" if s["success_rate"] is None else f"{100 * s['success_rate']:.0f} %"  # noqa: E731
-    return (f"relative pose on {gtp['evaluated']} ground-truth loop pairs: with depth {rate(d)} metric, rotation "
+    ms = section.get("ms_per_candidate")
+    return (f"{label} on {gtp['evaluated']} ground-truth loop pairs: with depth {rate(d)} metric, rotation "
             f"{med(d, 'rotation_error_deg', '.2f')} deg, translation {med(d, 'translation_error_m', '.3f')} m "
             f"(medians); monocular {rate(m)}, rotation {med(m, 'rotation_error_deg', '.2f')} deg, direction "
-            f"{med(m, 'direction_error_deg', '.1f')} deg; {section['ms_per_candidate']} ms per candidate")
+            f"{med(m, 'direction_error_deg', '.1f')} deg" + (f"; {ms} ms per candidate" if ms is not None else ""))
