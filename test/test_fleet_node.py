@@ -120,6 +120,23 @@ def diag_is(col: Collector, **expected: str) -> bool:
     return all(d.get(k.replace("__", ".")) == v for k, v in expected.items())
 
 
+def test_incoming_bytes_are_the_serialized_sizes():
+    """The node counts received bytes from the message's fields, without serializing it again."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import MultiArrayDimension
+
+    from salad_ros.node_fleet import cloud_size, request_size
+
+    for data in ([], [1, 2, 3, 0], CatchUpRequest.of(3, 4, [(1, 2, 0, 5)] * 3).to_data()):
+        msg = UInt32MultiArray(data=data)
+        assert request_size(msg) == len(serialize_message(msg))
+        msg.layout.dim = [MultiArrayDimension(label="ab", size=2, stride=4), MultiArrayDimension(label="", size=1)]
+        assert request_size(msg) == len(serialize_message(msg))
+    kf = SharedKeyframe(0, 1, 2, 3 * SEC, np.ones(64, np.float32), "cam")
+    msg = cloud(kf, ModelIdentity("m", 64))
+    assert cloud_size(msg) == len(serialize_message(msg))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fleet off: nothing changes
 
