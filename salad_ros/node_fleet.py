@@ -76,7 +76,7 @@ class NodeFleet:
         self._logger = node.get_logger()
         self.member = FleetMember(node.pipeline, cfg)
         self.robot_id = node.pipeline.robot_id
-        self._warned: dict[tuple[str, Any], float] = {}
+        self._warned: dict[tuple[str, str, Any], float] = {}
         self._warn_lock = threading.Lock()
         self.group = MutuallyExclusiveCallbackGroup()
         self.keyframe_pub = node._advertise(PointCloud2, cfg.topic, fleet_qos(cfg.queue_depth))
@@ -159,9 +159,9 @@ class NodeFleet:
                                throttle_duration_sec=WARN_PERIOD)
 
     def _warn(self, exc: FleetMessageError, what: str) -> None:
-        """At most one warning per kind and sender every :data:`WARN_PERIOD` s (a misconfigured
-        peer sends every keyframe wrong; the counts are in /diagnostics)."""
-        key, now = (exc.kind, exc.robot_id), time.monotonic()
+        """At most one warning per message type, kind and sender every :data:`WARN_PERIOD` s (a misconfigured
+        peer sends every keyframe wrong; the counts are in /diagnostics); duplicates at debug level."""
+        key, now = (what, exc.kind, exc.robot_id), time.monotonic()
         with self._warn_lock:
             last = self._warned.get(key)
             if last is not None and now - last < WARN_PERIOD:
@@ -169,7 +169,10 @@ class NodeFleet:
             self._warned[key] = now
         sender = "unknown sender" if exc.robot_id is None else f"robot {exc.robot_id}"
         count = self.member.stats().get(f"rejected.{exc.kind}", "?")
-        self._logger.warning(f"refused a fleet {what} from {sender} ({exc.kind}, {count} so far): {one_line(exc)}")
+        # Duplicates are normal: catch-up answers are broadcast, so every robot that holds them
+        # already refuses them. Debug only; the count is in /diagnostics.
+        log = self._logger.debug if exc.kind == "duplicate" else self._logger.warning
+        log(f"refused a fleet {what} from {sender} ({exc.kind}, {count} so far): {one_line(exc)}")
 
     # -- node events
 

@@ -183,7 +183,7 @@ class Rig:
         return self.peer.keyframes_of(1, self.node.pipeline.session, self.model)
 
 
-def test_peer_keyframes_found_refused_counted_and_own_keyframes_shared(ctx, encoder):
+def test_peer_keyframes_found_refused_counted_and_own_keyframes_shared(ctx, encoder, capfd):
     """Robot 1 gets robot 0's keyframes (searchable within 1 s, even while its worker encodes),
     finds a loop with one (match_robot_id 0, match_id = robot 0's keyframe id), refuses and
     counts bad messages without touching the map, shares its own keyframes, asks for and
@@ -206,6 +206,14 @@ def test_peer_keyframes_found_refused_counted_and_own_keyframes_shared(ctx, enco
                               and node._debug_pub.get_subscription_count() > 0, 10)
             _peer_keyframes_searchable_at_once(rig)
             _bad_messages_refused_and_counted(rig)
+            log = capfd.readouterr().err
+            assert f"fleet: robot 1, session {node.pipeline.session:08x}; keyframes on {topic} (8448-D int8" in log
+            for line in ("fleet keyframe from unknown sender (malformed, 1 so far)", "from robot 0 (other_model, 1 so",
+                         "from robot 1 (own_robot_id, 1 so far)", "from robot 0 (out_of_order, 1 so far)",
+                         "catch-up request from unknown sender (malformed, 2 so far)"):
+                assert line in log, (line, log)
+            assert "(malformed, 3 so far)" not in log  # the next malformed keyframe within 10 s: counted, not logged
+            assert "duplicate" not in log  # normal with broadcast catch-up answers: debug level only
             _own_keyframes_shared_and_catch_up(rig, _inter_robot_loop_found(rig))
             _reset_starts_a_new_session(rig)
     finally:
@@ -418,6 +426,7 @@ def test_three_robots_find_inter_robot_loops_catch_up_and_a_restart_keeps_its_se
             code, seconds, output = stop(proc, signal.SIGINT)
             assert code == 0 and seconds < 5.0 and "Traceback" not in output, (r, output[-3000:])
             assert f"fleet: robot {r}, session" in output
+            assert "refused a fleet" not in output  # the duplicates of broadcast answers are no warning
     finally:
         fleet.close()
 
