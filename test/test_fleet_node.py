@@ -45,7 +45,7 @@ from salad_ros.fleet import ModelIdentity, SharedKeyframe, decode, encode, fill_
 from salad_ros.fleet.catchup import CatchUpRequest
 from salad_ros.fleet.peers import ID_END
 from salad_ros.geometry.pose import Pose
-from salad_ros.node import LoopClosureNode
+from salad_ros.node import LoopClosureNode, StartupError
 
 T0 = 100 * SEC
 PEER_SESSION = 0xABCD
@@ -158,6 +158,15 @@ def test_fleet_off_creates_no_fleet_topics_and_fleet_parameters_are_read_only(ct
         assert node.get_parameter("fleet.topic").value == "/salad_fleet/keyframes"
     finally:
         node.destroy_node()
+
+
+def test_fleet_settings_refused_at_start_up_with_one_line(ctx, encoder):
+    cases = [({"fleet.max_message_bytes": 4096}, "parameter 'fleet.max_message_bytes': 4096 bytes cannot hold a 8448-D"),
+             ({"fleet.topic": "fleet"}, "parameter 'fleet.topic': must be a global name")]
+    for params, message in cases:
+        with pytest.raises(StartupError) as info:
+            make_node(ctx, "/badfleet", encoder, **{"fleet.enable": True, **params})
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
