@@ -11,7 +11,8 @@ PointCloud2 tables (:mod:`salad_ros.io.table`; reliable, transient local), ``~/d
 (computed only while someone subscribes) and ``/diagnostics``. Every topic takes the standard
 ``qos_overrides.*`` parameters; detector thresholds can change while the node runs
 (:data:`salad_ros.ros_params.RUNTIME_PARAMETERS`). The relative-pose side (``camera_info`` and
-``depth`` inputs paired by stamp, pose columns, ``~/loop_markers``) is :mod:`salad_ros.node_pose`.
+``depth`` inputs paired by stamp, pose columns, ``~/loop_markers``) is :mod:`salad_ros.node_pose`;
+keyframe sharing between robots (``fleet.enable``) is :mod:`salad_ros.node_fleet`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .io.table import (
     pack,
 )
 from .io.trajectory import Trajectory
+from .node_fleet import NodeFleet
 from .node_pose import NodePose
 from .node_state import LatestFrameSlot, NodeStats, hardware_id, rss_bytes
 from .params import DEFAULT_NODE_NAME, ConfigError, one_line
@@ -142,7 +144,6 @@ class LoopClosureNode(Node):
         self._bad_logged: dict[str, float] = {}
         self._poses: collections.deque = collections.deque(maxlen=_POSE_HISTORY)
         self._poses_lock = threading.Lock()
-        self._db_size = self.pipeline.keyframe_count
         self._db_memory = self.pipeline.memory_bytes()
         self._last_diag = (time.monotonic(), 0, 0, 0)
         # diagnostic_updater's form, '<node name>: <task>' without a leading slash; in a namespace
@@ -178,11 +179,15 @@ class LoopClosureNode(Node):
         # reliable: matches best-effort and reliable viewers (rviz, rqt_image_view) alike
         self._debug_pub = self._advertise(Image, "~/debug_image", _qos(1, ReliabilityPolicy.RELIABLE))
         self._diag_pub = self._advertise(DiagnosticArray, "/diagnostics", _qos(10, ReliabilityPolicy.RELIABLE))
-        self._warn_unused_qos_overrides()
         self._save_srv = self.create_service(Trigger, "~/save_database", self._on_save)
         self._reset_srv = self.create_service(Trigger, "~/reset_database", self._on_reset)
         self._diag_timer = self.create_timer(node_cfg.diagnostics_period, self._publish_diagnostics)
-        self._pose_io = NodePose(self, self.cfg, self._hand_over, self.pipeline.keyframe_poses)
+        self._pose_io = NodePose(self, self.cfg, self._hand_over, lambda: self.pipeline.keyframe_poses(own_only=True))
+        try:  # peers' keyframes: salad_ros.node_fleet (nothing at all with fleet.enable false)
+            self._fleet = NodeFleet(self) if self.cfg.fleet.enable else None
+        except ConfigError as exc:
+            raise StartupError(one_line(exc)) from exc
+        self._warn_unused_qos_overrides()  # after every entity that takes qos_overrides.* was created
 
         self._worker = threading.Thread(target=self._worker_loop, name="salad_worker", daemon=True)
         self._worker.start()
@@ -370,7 +375,6 @@ class LoopClosureNode(Node):
             result = self.pipeline.process(frame.rgb, frame.stamp_ns, pose=pose, frame_id=frame.header.frame_id,
                                            camera=camera, depth=depth)
             latency = time.perf_counter() - t0
-            self._db_size = self.pipeline.keyframe_count
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.latencies.append(latency)
@@ -378,6 +382,8 @@ class LoopClosureNode(Node):
             return
         if result.is_keyframe and result.robot_keyframe_id is not None:
             self._publish_keyframe(frame, result.robot_keyframe_id)
+            if self._fleet is not None:
+                self._fleet.on_keyframe(result)
         if result.candidates and result.robot_keyframe_id is not None:
             self._publish_candidates(frame, result.robot_keyframe_id, result.candidates)
         self._pose_io.on_result(result)
@@ -465,7 +471,8 @@ class LoopClosureNode(Node):
         with self._pipeline_lock:
             n = self.pipeline.keyframe_count
             self.pipeline.reset()
-            self._db_size = self.pipeline.keyframe_count
+            if self._fleet is not None:  # a new session: peers get the new keyframes, we ask them again
+                self._fleet.map_reset()
             self._db_memory = self.pipeline.memory_bytes()
         self._pose_io.on_reset()
         path = self.cfg.node.database_path
@@ -488,6 +495,7 @@ class LoopClosureNode(Node):
         received, lost = s["received"] - received_prev, s["lost_in_transport"] - lost_prev
         lat = np.asarray(s["latencies"], dtype=np.float64) * 1000.0
         pipeline = self.pipeline
+        db_size = pipeline.keyframe_count  # read without a lock (a length); peers' keyframes arrive beside the worker
         values = {
             "input_rate_hz": f"{received / dt:.2f}",
             "processed_rate_hz": f"{(s['processed'] - processed_prev) / dt:.2f}",
@@ -500,7 +508,7 @@ class LoopClosureNode(Node):
             "processing_errors": s["failed"],
             "inference_latency_mean_ms": f"{lat.mean():.1f}" if lat.size else "nan",
             "inference_latency_p95_ms": f"{np.percentile(lat, 95):.1f}" if lat.size else "nan",
-            "database_size": self._db_size,
+            "database_size": db_size,
             "database_memory_bytes": self._db_memory,
             "process_memory_bytes": rss_bytes(),
             "keyframes_published": s["keyframes_published"],
@@ -512,6 +520,7 @@ class LoopClosureNode(Node):
             "precision": self.cfg.model.precision,
             "random_weights": str(self.random_weights).lower(),
             **self._pose_io.diagnostics(),
+            **(self._fleet.diagnostics() if self._fleet is not None else {}),
         }
         warnings = []
         if lost > 0 and lost > _LOST_WARN_SHARE * (lost + received):
@@ -523,7 +532,7 @@ class LoopClosureNode(Node):
             warnings.append("no images received")
         if self.random_weights:
             warnings.append("random weights: candidates are meaningless")
-        level, message = DiagnosticStatus.OK, f"{values['processed_rate_hz']} Hz processed, {self._db_size} keyframes"
+        level, message = DiagnosticStatus.OK, f"{values['processed_rate_hz']} Hz processed, {db_size} keyframes"
         if not self._worker.is_alive() and not self._closed:
             level, message = DiagnosticStatus.ERROR, "worker thread stopped"
         elif warnings:

@@ -51,6 +51,7 @@ class NodePose:
         self.inputs = PoseInputs()
         self.sync = CompanionSync(int(round(pose.sync_tolerance * 1e9)), pose.sync_max_wait)
         self._base_frame = pose.base_frame if pose.camera_to_base.strip() else ""
+        self._robot_id = cfg.robot.robot_id
         self._pipeline_stats: dict[str, Any] = {}
         self.markers = LoopMarkers(node, keyframe_poses) if cfg.node.pose_source != "none" else None
         if not self.enabled:
@@ -110,8 +111,11 @@ class NodePose:
         """Markers follow new keyframes and candidates."""
         if self.markers is None:
             return
-        if result.candidates:
-            self.markers.add_edges((int(c.query_id), int(c.match_id), bool(c.verified)) for c in result.candidates)
+        # A loop with another robot's keyframe has its far end in that robot's map frame, not
+        # in our odometry frame: no edge for it (nor a sphere, see keyframe_poses(own_only=True)).
+        own = [c for c in result.candidates if int(c.match_robot_id) == self._robot_id]
+        if own:
+            self.markers.add_edges((int(c.query_id), int(c.match_id), bool(c.verified)) for c in own)
         elif result.is_keyframe:
             self.markers.changed()
 

@@ -417,6 +417,12 @@ class LoopClosurePipeline:
         mean ms per candidate and per keyframe's feature extraction, stored keyframes."""
         return self._poses.stats()
 
-    def keyframe_poses(self) -> np.ndarray:
-        """Every keyframe's pose as float64[N, 7] (x y z qx qy qz qw), NaN rows without one."""
-        return self.database.poses()
+    def keyframe_poses(self, own_only: bool = False) -> np.ndarray:
+        """Every keyframe's pose as float64[N, 7] (x y z qx qy qz qw), NaN rows without one;
+        with ``own_only`` also NaN rows for the peers' keyframes (their poses are in another
+        robot's map frame)."""
+        with self._map_lock:  # poses and origins of the same keyframes (a peer's may arrive between)
+            poses = self.database.poses()
+            if own_only:
+                poses[self.database.origins()[:, 0] != self.robot_id] = np.nan
+            return poses
