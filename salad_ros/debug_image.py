@@ -52,23 +52,26 @@ def compose(
     score: float | None = None,
     verified: bool | None = None,
     height: int = 240,
+    match_robot_id: int | None = None,
 ) -> np.ndarray:
     """The debug image (RGB uint8): query, heat map over the query, best match, and a banner.
 
     ``match`` None draws a "no candidate" panel; ``mass`` None (backend without heat maps) a
-    "no heat map" panel, so the layout is always the same three panels.
+    "no heat map" panel, so the layout is always the same three panels. ``match_robot_id``
+    names another robot's keyframe (``robot 2 #17``; peers send no images).
     """
+    match_name = f"#{match_id}" if match_robot_id is None else f"robot {match_robot_id} #{match_id}"
     q = fit_height(query, height)
     heat = heat_overlay(q, mass) if mass is not None else _placeholder(height, "no heat map")
     m = fit_height(match, height) if match is not None else _placeholder(
-        height, "no candidate" if match_id is None else f"#{match_id}: no image")
+        height, "no candidate" if match_id is None else f"{match_name}: no image")
     panels = np.concatenate([q, heat, m], axis=1)
     out = np.zeros((height + _BANNER, panels.shape[1], 3), np.uint8)
     out[_BANNER:] = panels
     text = f"query #{query_id}" if query_id is not None else "query (not a keyframe)"
     colour = _WHITE
     if match_id is not None:
-        text += f"   best match #{match_id}"
+        text += f"   best match {match_name}"
         if score is not None:
             text += f"   score {score:.3f}"
         if verified is not None:

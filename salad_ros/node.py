@@ -437,10 +437,11 @@ class LoopClosureNode(Node):
         best = min(result.candidates, key=lambda c: c.rank) if result.candidates else None
         with self._pipeline_lock:
             match = self.pipeline.thumbnail(best.match_id, color=True) if best is not None else None
-        view = debug_image.compose(
-            frame.rgb, match=match, mass=mass,
-            query_id=result.keyframe_id if result.is_keyframe else None,
-            match_id=best.match_id if best is not None else None,
+        peer = best is not None and best.match_robot_id != self.pipeline.robot_id
+        view = debug_image.compose(  # keyframes named as in the candidate table
+            frame.rgb, match=match, mass=mass, query_id=result.robot_keyframe_id,
+            match_id=best.match_keyframe_id if best is not None else None,
+            match_robot_id=best.match_robot_id if peer else None,
             score=float(best.score) if best is not None else None,
             verified=best.verified if best is not None else None,
         )

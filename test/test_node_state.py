@@ -109,6 +109,15 @@ def test_debug_view_layout():
     assert blank.shape[0] == 82 and blank.shape[1] == 80 * 3
 
 
+def test_debug_view_names_a_peers_keyframe(monkeypatch):
+    """A match of another robot is named by robot and its keyframe number; peers send no image."""
+    texts: list[str] = []
+    real = debug_image.cv2.putText
+    monkeypatch.setattr(debug_image.cv2, "putText", lambda img, text, *a, **k: texts.append(text) or real(img, text, *a, **k))
+    debug_image.compose(scene(0), query_id=5, match_id=17, match_robot_id=2, score=0.8, height=60)
+    assert texts == ["no heat map", "robot 2 #17: no image", "query #5   best match robot 2 #17   score 0.800"]
+
+
 
 
 def test_hardware_id_names_the_device_and_its_model():
