@@ -10,7 +10,10 @@
 # then runs the fastest verified path (say which and why), falling back to torch fp32 if any of that fails.
 # DEMO_BACKEND=torch skips the export and runs torch fp32.
 #
-# Environment: DEMO_OUT (default demo_out/), DEMO_FRAMES (default 160, only when the bag is made).
+# DEMO_ROBOTS=2 (or more) makes the bags of further robots driving the same city (salad_demo_bag --robot N) and
+# replays them together as a fleet: keyframes shared as on the fleet topic, intra- and inter-robot metrics.
+#
+# Environment: DEMO_OUT (default demo_out/), DEMO_FRAMES (default 160, only when a bag is made), DEMO_ROBOTS (1).
 # Extra arguments go to salad_replay, e.g. scripts/demo.sh --set detector.min_score=0.6
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +34,20 @@ if [ ! -f "$bag/metadata.yaml" ] || ! grep -q /camera/depth/image_raw "$bag/meta
 else
   echo "[demo] using the existing demo bag $bag (delete it to make it again)"
 fi
+bags=("$bag")
+robots="${DEMO_ROBOTS:-1}"
+if ! [[ "$robots" =~ ^[1-9][0-9]?$ ]]; then
+  echo "[demo] DEMO_ROBOTS=$robots: give a number of robots from 1 to 99" >&2
+  exit 2
+fi
+for ((n = 1; n < robots; n++)); do
+  other="$out/demo_bag_robot$n"
+  if [ ! -f "$other/metadata.yaml" ]; then
+    echo "[demo] rendering robot $n's bag (same city, another start, direction and time of day) into $other"
+    "$bin/salad_demo_bag" "$other" --frames "${DEMO_FRAMES:-160}" --seed 0 --robot "$n"
+  fi
+  bags+=("$other")
+done
 
 if [ -n "${WEIGHTS:-}" ]; then
   if [ ! -f "$WEIGHTS" ]; then
@@ -80,6 +97,14 @@ fi
 # into it, so poses are reported, and scored, between the keyframes' base frames.
 pose=(--camera-info-topic /camera/camera_info --depth-topic /camera/depth/image_raw
       --set "camera_to_base=0 0 0 -0.5 0.5 -0.5 0.5")
-"$bin/salad_replay" "$bag" --image-topic /camera/image_raw --gt-topic /odom "${model[@]}" "${pose[@]}" \
+if [ "$robots" -gt 1 ]; then
+  results="${results}_fleet$robots"
+  echo "[demo] replaying $robots robots as a fleet (one pipeline each, keyframes shared as on /salad_fleet/keyframes)"
+  # the other robots drive their first lap the other way round: a forward camera then sees other facades
+  # at the same spot, which no image-based loop detector should call a loop
+  echo "[demo] true loops: within 5 m and headings within 60 deg (--max-yaw 60)"
+  pose+=(--max-yaw 60)
+fi
+"$bin/salad_replay" "${bags[@]}" --image-topic /camera/image_raw --gt-topic /odom "${model[@]}" "${pose[@]}" \
   --out "$results" "$@"
 echo "[demo] done in $(( $(date +%s) - start )) s"
