@@ -20,6 +20,7 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from .geometry.camera import CameraModel, PoseInputError
 from .geometry.feature_store import PoseFeatureStore
 from .geometry.features import PoseFeatureExtractor, PoseFeatures
-from .geometry.transforms import transform_from_xyz_quat
+from .geometry.transforms import matrix_to_quaternion, transform_from_xyz_quat
 from .params import ConfigError, check_fields, param
 from .relative_pose import METHODS, STATUS_NONE, PoseConfig, RelativePose, estimate_from_features
 
@@ -152,7 +153,7 @@ class FramePoses:
         if match is None:
             self._owner.count("no_match_features")
             return None
-        pose = self._owner.solve(query, match)
+        pose = self._owner.solve(query, match, match_robot_id=getattr(candidate, "match_robot_id", None))
         self._owner.candidate_times.append(time.perf_counter() - t0)
         self._owner.status_counts[pose.status] += 1
         return pose
@@ -179,6 +180,9 @@ class LoopPoseEstimator:
         self.settings = settings
         self.method = settings.pose_estimation
         self.camera_to_base = settings.camera_to_base_matrix()
+        #: Camera mounts of peer robots (robot id -> base <- camera), as their keyframes said; a robot
+        #: without an entry is taken to be mounted like this one.
+        self.peer_mounts: dict[int, np.ndarray] = {}
         self.config = config or PoseConfig()
         self.extractor = PoseFeatureExtractor(detector.verify_feature, detector.verify_max_features,
                                               settings.pose_features_max_side, detector.verify_ratio)
@@ -233,9 +237,25 @@ class LoopPoseEstimator:
 
     # -- solving
 
-    def solve(self, query: PoseFeatures, match: PoseFeatures, method: str | None = None) -> RelativePose:
+    def set_peer_mount(self, robot_id: int, camera_to_base: Sequence[float] | None) -> None:
+        """Robot ``robot_id``'s camera mount (``x y z qx qy qz qw``; None: not known, ours assumed)."""
+        if camera_to_base is None:
+            self.peer_mounts.pop(int(robot_id), None)
+        else:
+            self.peer_mounts[int(robot_id)] = transform_from_xyz_quat(list(camera_to_base))
+
+    def own_mount(self) -> tuple[float, ...] | None:
+        """This robot's ``camera_to_base`` as ``x y z qx qy qz qw`` (what peers are told), None when unset."""
+        if self.camera_to_base is None:
+            return None
+        return (*(float(v) for v in self.camera_to_base[:3, 3]),
+                *(float(v) for v in matrix_to_quaternion(self.camera_to_base[:3, :3])))
+
+    def solve(self, query: PoseFeatures, match: PoseFeatures, method: str | None = None, *,
+              query_robot_id: int | None = None, match_robot_id: int | None = None) -> RelativePose:
         """Relative pose from two feature records with ``method`` (default: the configured one),
-        in base frames when ``camera_to_base`` is set.
+        in base frames when ``camera_to_base`` is set: each keyframe's own, its robot's mount
+        from :attr:`peer_mounts` for another robot's keyframe (robot ids None: this robot's).
 
         With ``pnp`` and no depth at the matches, the pose is status 0 but its inliers are an
         essential-matrix fit's, so verification still has an answer.
@@ -248,15 +268,22 @@ class LoopPoseEstimator:
             pose = RelativePose(STATUS_NONE, inliers=mono.inliers, matches=mono.matches, method="pnp",
                                 reason=f"{pose.reason}; essential-matrix check: {mono.reason}")
         if self.camera_to_base is not None and pose.status != STATUS_NONE:
-            pose = pose.in_base_frame(self.camera_to_base)
+            pose = pose.in_base_frame(self._mount(query_robot_id), self._mount(match_robot_id))
         return pose
 
-    def between(self, query_id: int, match_id: int, method: str | None = None) -> RelativePose | None:
-        """Relative pose of two stored keyframes (evaluation); None when either has no features."""
+    def _mount(self, robot_id: int | None) -> np.ndarray:
+        """The camera mount of robot ``robot_id``'s keyframes (this robot's when unknown)."""
+        assert self.camera_to_base is not None
+        return self.camera_to_base if robot_id is None else self.peer_mounts.get(int(robot_id), self.camera_to_base)
+
+    def between(self, query_id: int, match_id: int, method: str | None = None, *, query_robot_id: int | None = None,
+                match_robot_id: int | None = None) -> RelativePose | None:
+        """Relative pose of two stored keyframes (evaluation) made by the given robots (None:
+        this one); None when either has no features."""
         q, m = self.store.get(int(query_id)), self.store.get(int(match_id))
         if q is None or m is None:
             return None
-        return self.solve(q, m, method)
+        return self.solve(q, m, method, query_robot_id=query_robot_id, match_robot_id=match_robot_id)
 
     # -- statistics
 
@@ -278,8 +305,9 @@ class LoopPoseEstimator:
     # -- the map
 
     def clear(self) -> None:
-        """Forget every stored keyframe (a reset of the map)."""
+        """Forget every stored keyframe and the peers' mounts (a reset of the map)."""
         self.store.clear()
+        self.peer_mounts.clear()
 
     @property
     def stored(self) -> int:

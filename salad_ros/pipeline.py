@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 THUMBNAILS = "thumbnails"
 #: Where saves before that kept them (beside the manifest); still read when the manifest has none.
 LEGACY_THUMBNAILS_FILE = "thumbnails.npz"
+#: Keyframe metadata key of a peer keyframe's camera mount (``x y z qx qy qz qw``, as it was sent).
+MOUNT_KEY = "camera_to_base"
 #: Colour keyframe thumbnails for a live view (count-bounded; the byte bound never binds first).
 COLOR_THUMBNAIL_COUNT = 1024
 COLOR_THUMBNAIL_SIDE = 160
@@ -145,8 +147,21 @@ class LoopClosurePipeline:
             log.info("loaded keyframe database %s with %d keyframes", path, len(self.database))
             self.detector = LoopDetector(cfg.detector, self.database)
             self._load_attachments(Path(path))
+            self._load_peer_mounts()
         else:
             self.reset()
+
+    def _load_peer_mounts(self) -> None:
+        """The peers' camera mounts from their keyframes in the loaded map (each robot's latest)."""
+        origins = self.database.origins()
+        for kf_id in np.flatnonzero(origins[:, 0] != self.database.robot_id):
+            meta = self.database.get(int(kf_id)).metadata or {}
+            mount = meta.get(MOUNT_KEY)
+            try:
+                self._poses.set_peer_mount(int(origins[kf_id, 0]), mount)
+            except (TypeError, ValueError) as exc:  # a hand-edited map: that robot counts as mounted like us
+                log.warning("keyframe %d of robot %d: bad %s %r (%s): ignored", kf_id, origins[kf_id, 0], MOUNT_KEY,
+                            mount, exc)
 
     def _stamps_by_id(self) -> dict[int, int]:
         return dict(enumerate(int(s) for s in self.database.stamps_ns()))
@@ -363,9 +378,12 @@ class LoopClosurePipeline:
         """Insert another robot's keyframe (with its local features, for verification and relative
         poses of loops against it); returns its id in this map. It is searchable at once.
         ValueError for our own lineage, a keyframe held already or another dimension."""
+        # the peer's camera mount, kept with its keyframe: poses in base frames need it after a restart too
+        meta = None if kf.camera_to_base is None else {MOUNT_KEY: list(kf.camera_to_base)}
         with self._map_lock:
-            kf_id = int(self.database.add(kf.descriptor[None], [kf.stamp_ns], frame_ids=kf.frame_id,
-                                          poses=[kf.pose], origin=Origin(kf.robot_id, kf.session, [kf.keyframe_id]))[0])
+            kf_id = int(self.database.add(kf.descriptor[None], [kf.stamp_ns], frame_ids=kf.frame_id, poses=[kf.pose],
+                                          metadata=[meta], origin=Origin(kf.robot_id, kf.session, [kf.keyframe_id]))[0])
+            self._poses.set_peer_mount(kf.robot_id, kf.camera_to_base)
             f = kf.features
             if f is not None and len(f) and f.kind == self._poses.extractor.kind:
                 self._poses.store.put(kf_id, PoseFeatures(f.points, f.descriptors, f.depth, f.kind, f.focal_px))
@@ -384,7 +402,8 @@ class LoopClosurePipeline:
             if feats is not None and feats.kind == "orb" and feats.descriptors is not None and len(feats):
                 shared = SharedFeatures(feats.points, feats.descriptors, feats.depth, feats.focal_px)
             return SharedKeyframe(rec.robot_id, rec.session, rec.robot_keyframe_id, rec.stamp_ns,
-                                  self.database.descriptor(kf_id), rec.frame_id, rec.pose, shared)
+                                  self.database.descriptor(kf_id), rec.frame_id, rec.pose, shared,
+                                  self._poses.own_mount())
 
     def keyframe_origins(self) -> tuple[np.ndarray, np.ndarray]:
         """``(origins int64[N, 3], stamps int64[N])``: robot_id, session and robot keyframe id of
@@ -403,8 +422,13 @@ class LoopClosurePipeline:
     def relative_pose(self, query_id: int, match_id: int, method: str | None = None) -> RelativePose | None:
         """The relative pose of two keyframes from their stored pose features (as a candidate
         between them would get; ``method`` overrides ``pose_estimation``), None when either has
-        none (no camera given, or evicted from the bounded store)."""
-        return self._poses.between(query_id, match_id, method)
+        none (no camera given, evicted from the bounded store, or no such keyframe)."""
+        with self._map_lock:
+            if not (0 <= int(query_id) < len(self.database) and 0 <= int(match_id) < len(self.database)):
+                return None
+            robots = self.database.origins([query_id, match_id])[:, 0].tolist()
+            return self._poses.between(query_id, match_id, method, query_robot_id=robots[0],
+                                       match_robot_id=robots[1])
 
     def stored_pose_features(self, keyframe_id: int) -> PoseFeatures | None:
         """The pose features stored for keyframe ``keyframe_id`` (a peer's: as received), None

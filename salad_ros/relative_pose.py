@@ -112,29 +112,38 @@ class RelativePose:
         t_std = math.hypot(self.translation_std_m, lever) if self.status > 0 else self.translation_std_m
         return replace(self, rotation=inv[:3, :3], translation=inv[:3, 3], translation_std_m=t_std)
 
-    def in_base_frame(self, camera_to_base: np.ndarray | Sequence[float]) -> RelativePose:
-        """The pose between the two keyframes' base frames, ``T_base = E T_cam E^-1``, with E the
-        camera's pose in the base frame (base <- camera): a 4x4 matrix or ``x y z qx qy qz qw``.
+    def in_base_frame(self, camera_to_base: np.ndarray | Sequence[float],
+                      match_camera_to_base: np.ndarray | Sequence[float] | None = None) -> RelativePose:
+        """The pose between the two keyframes' base frames, ``T_base = E_m T_cam E_q^-1``, with
+        ``E_q`` = ``camera_to_base`` the query camera's pose in its base frame (base <- camera:
+        a 4x4 matrix or ``x y z qx qy qz qw``) and ``E_m`` = ``match_camera_to_base`` the match
+        camera's (default: the same mount, ``E_m = E_q``; two robots of a fleet may differ).
 
-        Metric poses: the translation std grows by rotation std x |camera offset| in quadrature.
-        Direction-only poses (status 1) have no base-frame direction when the camera is offset
-        from the base and the rotation is not the identity (the offset term scales with the
-        unknown baseline): they become status 0 keeping the rotation.
+        Metric poses: the translation std grows by rotation std x |query camera offset| in
+        quadrature. Direction-only poses (status 1) have no base-frame direction when the
+        cameras' offsets do not cancel (``p_m - R_base p_q`` is not zero; the offset term scales
+        with the unknown baseline): they become status 0 keeping the rotation.
         """
-        e = np.asarray(camera_to_base, np.float64)
-        e = transform_from_xyz_quat(e.ravel()) if e.shape != (4, 4) else e
-        out = e @ self.matrix() @ invert_transform(e)
-        lever = float(np.linalg.norm(e[:3, 3]))
+        e_q = _as_transform(camera_to_base)
+        e_m = e_q if match_camera_to_base is None else _as_transform(match_camera_to_base)
+        out = e_m @ self.matrix() @ invert_transform(e_q)
+        lever = float(np.linalg.norm(e_q[:3, 3]))
         moved = replace(self, rotation=out[:3, :3], translation=out[:3, 3])
         if self.status == STATUS_METRIC:
             return replace(moved, translation_std_m=math.hypot(self.translation_std_m, self.rotation_std_rad * lever))
         if self.status == STATUS_DIRECTION:
-            offset_effect = float(np.linalg.norm((np.eye(3) - out[:3, :3]) @ e[:3, 3]))
+            offset_effect = float(np.linalg.norm(e_m[:3, 3] - out[:3, :3] @ e_q[:3, 3]))
             if offset_effect > 1e-9:
                 return replace(moved, status=STATUS_NONE, translation=np.zeros(3), translation_std_m=math.nan,
                                reason="translation direction undefined in base frames (camera offset from base)")
-            return replace(moved, translation=e[:3, :3] @ self.translation)
+            return replace(moved, translation=e_m[:3, :3] @ self.translation)
         return moved
+
+
+def _as_transform(e: np.ndarray | Sequence[float]) -> np.ndarray:
+    """A 4x4 transform from a 4x4 matrix or ``x y z qx qy qz qw``."""
+    a = np.asarray(e, np.float64)
+    return a if a.shape == (4, 4) else transform_from_xyz_quat(a.ravel())
 
 
 def _none(reason: str, matches: int = 0, inliers: int = 0, method: str = "none") -> RelativePose:

@@ -101,6 +101,36 @@ def test_a_loop_between_robots_is_verified_and_posed_from_the_shared_features():
     assert np.degrees(np.arccos(np.clip((np.trace(pose.rotation) - 1) / 2, -1, 1))) < 1.0
 
 
+def test_robots_with_different_camera_mounts_get_the_pose_between_their_bases(tmp_path):
+    """Robot 0's camera sits 0.2 m forward and 1.1 m up, robot 1's is tilted and off to the side:
+    the inter-robot pose between base frames uses each robot's own mount (robot 0's came with its
+    keyframe), also after robot 1 restarts with its saved map."""
+    from salad_ros.geometry.transforms import invert_transform, make_transform, transform_from_xyz_quat
+
+    left, right, k, depth, baseline = aloe_stereo()
+    cam = CameraModel(k=k, width=left.shape[1], height=left.shape[0])
+    mounts = {0: "0.2 0.0 1.1 -0.5 0.5 -0.5 0.5", 1: "-0.1 0.3 0.6 -0.45451948 0.45451948 -0.54167522 0.54167522"}
+    path = str(tmp_path / "r1")
+    a = robot(0, [0], **{"detector.min_score": 0.5, "camera_to_base": mounts[0]})
+    b = robot(1, [0], path, **{"detector.min_score": 0.5, "camera_to_base": mounts[1]})
+    ma, mb = member(a), member(b)
+    a.process(left, 0, camera=cam, depth=depth)
+    wire = ma.on_keyframe(0)
+    deliver(wire, mb)
+    (c,) = b.process(right, SEC, camera=cam).candidates
+    e_m, e_q = (transform_from_xyz_quat([float(v) for v in mounts[r].split()]) for r in (0, 1))
+    t_cam = make_transform(np.eye(3), [baseline, 0.0, 0.0])  # X_left = X_right + (B, 0, 0)
+    expected = e_m @ t_cam @ invert_transform(e_q)
+    assert c.relative_pose.status == 2
+    np.testing.assert_allclose(c.relative_pose.matrix(), expected, atol=0.04)
+    same_mount = e_q @ t_cam @ invert_transform(e_q)  # what assuming robot 0 is mounted like us would give
+    assert np.linalg.norm(c.relative_pose.translation - same_mount[:3, 3]) > 0.3
+    b.save()
+    b2 = robot(1, [], path, **{"detector.min_score": 0.5, "camera_to_base": mounts[1]})
+    again = b2.relative_pose(1, 0)
+    np.testing.assert_allclose(again.matrix(), c.relative_pose.matrix(), atol=1e-6)
+
+
 def test_without_shared_features_an_inter_robot_candidate_cannot_be_verified():
     left, right, k, depth, _ = aloe_stereo()
     cam = CameraModel(k=k, width=left.shape[1], height=left.shape[0])

@@ -416,6 +416,26 @@ def test_in_base_frame_matches_composing_the_frames() -> None:
     assert got.translation_std_m == pytest.approx(math.hypot(0.02, 0.01 * np.linalg.norm(e[:3, 3])))
 
 
+def test_in_base_frame_with_two_camera_mounts() -> None:
+    """Two robots of a fleet with their cameras mounted differently: the pose between their base
+    frames uses each keyframe's own mount."""
+    world_base_q = make_transform(rot(0, 0, 30), [2.0, 1.0, 0.0])
+    world_base_m = make_transform(rot(0, 0, -150), [3.5, 0.2, 0.4])
+    e_q = make_transform(rot(-90, 0, -90), [0.3, 0.05, 1.2])
+    e_m = make_transform(rot(-100, 0, -80), [-0.2, 0.1, 0.6])  # tilted down, mounted behind
+    t_cam = invert_transform(world_base_m @ e_m) @ (world_base_q @ e_q)
+    p = _pose(STATUS_METRIC, t_cam[:3, :3], t_cam[:3, 3])
+    expected = invert_transform(world_base_m) @ world_base_q
+    assert np.allclose(p.in_base_frame(e_q, e_m).matrix(), expected)
+    assert not np.allclose(p.in_base_frame(e_q).matrix(), expected)  # one mount for both would be wrong
+    # a direction-only pose whose cameras sit at their bases' origins keeps its direction, in the match's axes
+    e_q0, e_m0 = make_transform(e_q[:3, :3], [0, 0, 0]), make_transform(e_m[:3, :3], [0, 0, 0])
+    d = _pose(STATUS_DIRECTION, t_cam[:3, :3], t_cam[:3, 3] / np.linalg.norm(t_cam[:3, 3]))
+    moved = d.in_base_frame(e_q0, e_m0)
+    assert moved.status == STATUS_DIRECTION and np.allclose(moved.translation, e_m0[:3, :3] @ d.translation)
+    assert d.in_base_frame(e_q, e_m).status == STATUS_NONE  # offsets that do not cancel
+
+
 def test_in_base_frame_of_a_direction_only_pose() -> None:
     r, t = rot(0, 12, 0), np.array([0.6, 0.0, 0.8])
     p = _pose(STATUS_DIRECTION, r, t)

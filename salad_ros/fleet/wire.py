@@ -11,17 +11,19 @@ N = local features::
 
     offset      field             datatype x count   meaning
     0           pose              FLOAT64 x 7        x y z qx qy qz qw in the robot's map frame; all NaN = unknown
-    56          robot_id          UINT32             sender's fleet robot id
-    60          session           UINT32             sender's map lineage (random, kept with its saved map)
-    64          keyframe_id       UINT32             sender's own keyframe sequence number 0, 1, 2, ...
-    68          stamp_sec         INT32              image stamp (equals header.stamp)
-    72          stamp_nanosec     UINT32
-    76          version           UINT32             wire format version (1)
-    80          model_hash        UINT32 x 2         first 8 bytes of sha256(model name), little-endian words
-    88          descriptor_scale  FLOAT32            descriptor = descriptor_q * descriptor_scale (then L2-normalised)
-    92          focal_px          FLOAT32            focal length at the feature detection scale [px] (0: no features)
-    96          kp                FLOAT32 x 2N       keypoints, undistorted normalised coordinates x/z, y/z
-    96+8N       kp_depth          FLOAT32 x N        depth at each keypoint [m], NaN = unknown (field absent: no depth)
+    56          camera_to_base    FLOAT64 x 7        the camera's mount, x y z qx qy qz qw (base <- camera optical);
+                                                     all NaN = not given (the receiver assumes its own)
+    112         robot_id          UINT32             sender's fleet robot id
+    116         session           UINT32             sender's map lineage (random, kept with its saved map)
+    120         keyframe_id       UINT32             sender's own keyframe sequence number 0, 1, 2, ...
+    124         stamp_sec         INT32              image stamp (equals header.stamp)
+    128         stamp_nanosec     UINT32
+    132         version           UINT32             wire format version (2)
+    136         model_hash        UINT32 x 2         first 8 bytes of sha256(model name), little-endian words
+    144         descriptor_scale  FLOAT32            descriptor = descriptor_q * descriptor_scale (then L2-normalised)
+    148         focal_px          FLOAT32            focal length at the feature detection scale [px] (0: no features)
+    152         kp                FLOAT32 x 2N       keypoints, undistorted normalised coordinates x/z, y/z
+    152+8N      kp_depth          FLOAT32 x N        depth at each keypoint [m], NaN = unknown (field absent: no depth)
     ...         descriptor_q      INT8 x D           SALAD descriptor, int8 with the scale above
     ...         kp_orb            UINT8 x 32N        ORB descriptors (field absent with kp when N = 0)
 
@@ -45,7 +47,8 @@ from salad_ros.io.table import FLOAT32, FLOAT64, INT8, INT32, UINT8, UINT32, Fie
 from .cdr import cdr_size
 from .quant import dequantize, quantize
 
-WIRE_VERSION = 1
+#: 2: the camera mount (``camera_to_base``) travels with each keyframe.
+WIRE_VERSION = 2
 #: Default budget of one serialized message (CDR bytes on the topic).
 MAX_MESSAGE_BYTES = 32_000
 #: Bytes of one ORB descriptor.
@@ -58,10 +61,10 @@ MAX_ACCEPTED_BYTES = 1 << 20
 KINDS = ("malformed", "other_model", "own_robot_id", "duplicate", "out_of_order")
 
 #: (name, datatype) of the fields every message has, in order; counts are 1 except below.
-_FIXED = (("pose", FLOAT64), ("robot_id", UINT32), ("session", UINT32), ("keyframe_id", UINT32),
+_FIXED = (("pose", FLOAT64), ("camera_to_base", FLOAT64), ("robot_id", UINT32), ("session", UINT32), ("keyframe_id", UINT32),
           ("stamp_sec", INT32), ("stamp_nanosec", UINT32), ("version", UINT32), ("model_hash", UINT32),
           ("descriptor_scale", FLOAT32), ("focal_px", FLOAT32))
-_FIXED_COUNTS = {"pose": 7, "model_hash": 2}
+_FIXED_COUNTS = {"pose": 7, "camera_to_base": 7, "model_hash": 2}
 _SIZES = {INT8: 1, UINT8: 1, INT32: 4, UINT32: 4, FLOAT32: 4, FLOAT64: 8}
 
 
@@ -129,6 +132,8 @@ class SharedKeyframe:
     frame_id: str = ""
     pose: Pose | None = None
     features: SharedFeatures | None = None
+    #: The camera's mount on its robot, ``x y z qx qy qz qw`` (base <- camera optical); None: not given.
+    camera_to_base: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,7 @@ def encode(kf: SharedKeyframe, model: ModelIdentity, max_features: int | None = 
     row = np.zeros(1, dtype=fields_dtype(fields, step))[0]
     sec, nanosec = divmod(int(kf.stamp_ns), 1_000_000_000)
     row["pose"] = pose_to_row(kf.pose)
+    row["camera_to_base"] = _mount_row(kf.camera_to_base)
     for name, value in (("robot_id", kf.robot_id), ("session", kf.session), ("keyframe_id", kf.keyframe_id),
                         ("stamp_sec", sec), ("stamp_nanosec", nanosec), ("version", WIRE_VERSION)):
         row[name] = _checked_int(name, value, INT32 if name == "stamp_sec" else UINT32)
@@ -202,6 +208,25 @@ def encode(kf: SharedKeyframe, model: ModelIdentity, max_features: int | None = 
         if with_depth:
             row["kp_depth"] = np.asarray(feats.depth, dtype=np.float32)
     return WireMessage(kf.frame_id, sec, nanosec, fields, step, row.tobytes())
+
+
+def _mount_row(mount: tuple[float, ...] | None) -> np.ndarray:
+    """``camera_to_base`` as its 7 wire values (NaN when not given); ValueError when invalid."""
+    if mount is None:
+        return np.full(7, np.nan)
+    problem = _mount_problem(np.asarray(mount, np.float64))
+    if problem:
+        raise ValueError(problem)
+    return np.asarray(mount, np.float64)
+
+
+def _mount_problem(v: np.ndarray) -> str:
+    """'' for 7 finite values with a unit quaternion, else what is wrong."""
+    if v.shape != (7,) or not np.isfinite(v).all():
+        return "camera_to_base must be 7 finite numbers x y z qx qy qz qw"
+    if abs(float(np.linalg.norm(v[3:])) - 1.0) > 1e-3:
+        return "camera_to_base's quaternion is not of unit length"
+    return ""
 
 
 def _checked_int(name: str, value: int, datatype: int) -> int:
@@ -363,6 +388,13 @@ def _keyframe_of(msg: Any, row: np.void, n: int, with_depth: bool) -> SharedKeyf
         pose = row_to_pose(pose_to_row(np.asarray(row["pose"], dtype=np.float64)))
     except ValueError as exc:
         raise FleetMessageError("malformed", f"pose: {exc}") from exc
+    mount_row = np.asarray(row["camera_to_base"], dtype=np.float64)
+    mount = None
+    if not np.isnan(mount_row).all():
+        problem = _mount_problem(mount_row)
+        if problem:
+            raise FleetMessageError("malformed", problem)
+        mount = tuple(float(v) for v in mount_row)
     feats = None
     focal = float(row["focal_px"])
     points = np.asarray(row["kp"], np.float32).reshape(n, 2) if n else np.empty((0, 2), np.float32)
@@ -374,4 +406,4 @@ def _keyframe_of(msg: Any, row: np.void, n: int, with_depth: bool) -> SharedKeyf
         orb = np.asarray(row["kp_orb"], np.uint8).reshape(n, ORB_BYTES)
         feats = SharedFeatures(points, orb, depth, focal)
     return SharedKeyframe(int(row["robot_id"]), int(row["session"]), int(row["keyframe_id"]),
-                          sec * 1_000_000_000 + nanosec, dequantize(q, scale), frame_id, pose, feats)
+                          sec * 1_000_000_000 + nanosec, dequantize(q, scale), frame_id, pose, feats, mount)
