@@ -116,13 +116,6 @@ class FleetEvaluation:
         return col is not None and bool(self.inter_truth[robot][query, col])
 
 
-def _yaw_ok(a: np.ndarray, b: np.ndarray, max_yaw_deg: float | None) -> np.ndarray:
-    if max_yaw_deg is None:
-        return np.ones(np.broadcast_shapes(a.shape, b.shape), dtype=bool)
-    diff = np.abs(np.angle(np.exp(1j * (a - b))))  # wrapped to [0, pi]
-    return np.degrees(diff) <= max_yaw_deg + 1e-9
-
-
 def intra_truth(robot: RobotKeyframes, how: TruthSettings) -> np.ndarray:
     """``T[q, j]``: own keyframe ``j`` is a true loop of query ``q`` (as :func:`.metrics.ground_truth`)."""
     kfs = robot.keyframes
@@ -145,7 +138,7 @@ def inter_truth(robot: RobotKeyframes, fleet: dict[int, RobotKeyframes], how: Tr
     known = np.array([k.peers_known for k in kfs], dtype=np.int64)
     held = np.arange(len(peers))[None, :] < known[:, None]
     dist = np.linalg.norm(pos[:, None, :] - ppos[None, :, :], axis=2)
-    return held & (dist <= how.radius) & _yaw_ok(yaws[:, None], pyaw[None, :], how.max_yaw_deg)
+    return held & (dist <= how.radius) & M.headings_within(yaws[:, None], pyaw[None, :], how.max_yaw_deg)
 
 
 def outcome(refs: Sequence[Ref], candidates: Sequence[Ref], truth_row: np.ndarray, column_of: dict) -> QueryOutcome:

@@ -87,6 +87,16 @@ def pairwise_distance(positions: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p[:, None, :] - p[None, :, :], axis=2)
 
 
+def headings_within(yaws_a: np.ndarray, yaws_b: np.ndarray, max_yaw_deg: float | None) -> np.ndarray:
+    """Boolean (broadcast): do headings ``yaws_a`` and ``yaws_b`` [rad] differ by at most
+    ``max_yaw_deg`` (wrapped to [0, 180] deg)? All True when ``max_yaw_deg`` is None."""
+    a, b = np.asarray(yaws_a, dtype=np.float64), np.asarray(yaws_b, dtype=np.float64)
+    if max_yaw_deg is None:
+        return np.ones(np.broadcast_shapes(a.shape, b.shape), dtype=bool)
+    diff = np.abs(np.angle(np.exp(1j * (a - b))))  # wrapped to [0, pi]
+    return np.degrees(diff) <= max_yaw_deg + 1e-9
+
+
 def ground_truth(
     positions: np.ndarray,
     eligible: np.ndarray,
@@ -101,8 +111,7 @@ def ground_truth(
         if yaws is None:
             raise ValueError("max_yaw_deg needs yaws")
         y = np.asarray(yaws, dtype=np.float64)
-        diff = np.abs(np.angle(np.exp(1j * (y[:, None] - y[None, :]))))  # wrapped to [0, pi]
-        true &= np.degrees(diff) <= max_yaw_deg + 1e-9
+        true &= headings_within(y[:, None], y[None, :], max_yaw_deg)
     return true
 
 
