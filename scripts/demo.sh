@@ -18,6 +18,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 start=$(date +%s)
+robots="${DEMO_ROBOTS:-1}"
+if ! [[ "$robots" =~ ^[1-9][0-9]?$ ]]; then  # before anything is installed or rendered
+  echo "[demo] DEMO_ROBOTS=$robots: give a number of robots from 1 to 99" >&2
+  exit 2
+fi
 "$root/scripts/setup.sh"
 source "$root/scripts/ros_env.sh"
 bin="$root/.venv/bin"
@@ -35,11 +40,6 @@ else
   echo "[demo] using the existing demo bag $bag (delete it to make it again)"
 fi
 bags=("$bag")
-robots="${DEMO_ROBOTS:-1}"
-if ! [[ "$robots" =~ ^[1-9][0-9]?$ ]]; then
-  echo "[demo] DEMO_ROBOTS=$robots: give a number of robots from 1 to 99" >&2
-  exit 2
-fi
 for ((n = 1; n < robots; n++)); do
   other="$out/demo_bag_robot$n"
   if [ ! -f "$other/metadata.yaml" ]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -78,6 +79,15 @@ def test_demo_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "salad_demo_bag" in text and "salad_replay" in text and "WEIGHTS" in text
+
+
+@pytest.mark.parametrize("robots", ["0", "two", "100"])
+def test_demo_refuses_a_bad_robot_count_before_doing_anything(tmp_path, robots):
+    out = tmp_path / "demo_out"
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DEMO_ROBOTS": robots, "DEMO_OUT": str(out)})
+    assert res.returncode == 2 and f"DEMO_ROBOTS={robots}: give a number of robots from 1 to 99" in res.stderr
+    assert not out.exists()  # nothing rendered
 
 
 def test_photographs_become_murals(tmp_path):
