@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
+from _hostile import manifest_files, replace_data_file
 from _pose_scenes import aloe_stereo
 from _scripted import EVERY_FRAME_A_KEYFRAME, ScriptedEncoder
 
@@ -101,7 +104,7 @@ def test_a_loop_between_robots_is_verified_and_posed_from_the_shared_features():
     assert np.degrees(np.arccos(np.clip((np.trace(pose.rotation) - 1) / 2, -1, 1))) < 1.0
 
 
-def test_robots_with_different_camera_mounts_get_the_pose_between_their_bases(tmp_path):
+def test_robots_with_different_camera_mounts_get_the_pose_between_their_bases(tmp_path, caplog):
     """Robot 0's camera sits 0.2 m forward and 1.1 m up, robot 1's is tilted and off to the side:
     the inter-robot pose between base frames uses each robot's own mount (robot 0's came with its
     keyframe), also after robot 1 restarts with its saved map."""
@@ -129,6 +132,14 @@ def test_robots_with_different_camera_mounts_get_the_pose_between_their_bases(tm
     b2 = robot(1, [], path, **{"detector.min_score": 0.5, "camera_to_base": mounts[1]})
     again = b2.relative_pose(1, 0)
     np.testing.assert_allclose(again.matrix(), c.relative_pose.matrix(), atol=1e-6)
+    # a map whose stored mount was damaged by hand: a warning, and robot 0 counts as mounted like robot 1
+    records = json.loads((Path(path) / manifest_files(Path(path))["records"]["name"]).read_text())
+    assert records["metadata"][0] == {"camera_to_base": [float(v) for v in mounts[0].split()]}
+    records["metadata"][0]["camera_to_base"] = [1.0, 2.0]
+    replace_data_file(Path(path), "records", json.dumps(records).encode())
+    b3 = robot(1, [], path, **{"detector.min_score": 0.5, "camera_to_base": mounts[1]})
+    assert "keyframe 0 of robot 0: bad camera_to_base [1.0, 2.0]" in caplog.text
+    np.testing.assert_allclose(b3.relative_pose(1, 0).matrix(), same_mount, atol=0.04)
 
 
 def test_without_shared_features_an_inter_robot_candidate_cannot_be_verified():
